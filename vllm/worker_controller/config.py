@@ -1,0 +1,86 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Configs: the model-less boot config, controller settings, engine configs.
+
+A pooled process must exist before any model is known, so it boots with
+``VllmConfig()`` (vLLM 0.26 allows ``model_config=None``: every post-init
+path guards for it). The real config of an engine is built once, in the
+controller, from vLLM's own ``EngineArgs``, and travels to the engine host
+and to every rank, as ``MultiprocExecutor`` sends it to fresh processes.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from vllm.config import VllmConfig
+from vllm.engine.arg_utils import EngineArgs
+from vllm.usage.usage_lib import UsageContext
+from vllm.worker_controller.errors import InvalidEngineArgsError
+
+# Engine-arg fields the controller owns: the executor is always ours, and
+# the model and name are arguments of ``load`` itself.
+_RESERVED_ENGINE_ARGS = frozenset(
+    {"model", "served_model_name", "distributed_executor_backend"}
+)
+
+
+def make_dummy_vllm_config() -> VllmConfig:
+    """The config a pooled process boots with, before it knows its model."""
+    return VllmConfig()
+
+
+@dataclass
+class ControllerSettings:
+    """How the pool is shaped and how long its steps may take."""
+
+    num_workers: int = 1
+    """Pooled worker processes (on GPU: spread over ``devices``)."""
+    num_engine_hosts: int | None = None
+    """Warm CPU-only processes that run EngineCore; default num_workers."""
+    devices: list[int] | None = None
+    """GPU indices for the workers; None on CPU or for all visible GPUs."""
+    memory_tolerance_bytes: int = 256 << 20
+    """How far above its boot baseline a worker may stay after an unload
+    before it is recycled (device memory on GPU, RSS growth on CPU)."""
+    boot_timeout_s: float = 300.0
+    load_timeout_s: float = 900.0
+    release_timeout_s: float = 120.0
+    unload_drain_s: float = 5.0
+    """How long an unload waits for aborted requests to reach clients."""
+    log_stats: bool = False
+    """Engine stats and Prometheus metrics for each loaded model."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment for pooled processes."""
+
+    @property
+    def engine_hosts(self) -> int:
+        return self.num_engine_hosts or self.num_workers
+
+
+def build_engine_config(
+    model: str, name: str, engine_args: dict, executor_class: type
+) -> VllmConfig:
+    """Builds the engine's ``VllmConfig`` with vLLM's own argument handling.
+
+    Unknown or reserved fields raise :class:`InvalidEngineArgsError` before
+    anything is leased; vLLM's own validation errors (bad values, missing
+    model, unsupported architecture) propagate with their messages.
+    """
+    known = {f.name for f in dataclasses.fields(EngineArgs)}
+    unknown = sorted(set(engine_args) - known)
+    if unknown:
+        raise InvalidEngineArgsError(
+            f"Unknown engine argument(s) {unknown}; expected fields of "
+            "vllm.engine.arg_utils.EngineArgs"
+        )
+    reserved = sorted(set(engine_args) & _RESERVED_ENGINE_ARGS)
+    if reserved:
+        raise InvalidEngineArgsError(
+            f"Engine argument(s) {reserved} are set by the controller"
+        )
+    args = EngineArgs(
+        model=model,
+        served_model_name=name,
+        distributed_executor_backend=executor_class,
+        **engine_args,
+    )
+    return args.create_engine_config(UsageContext.ENGINE_CONTEXT)

@@ -1,0 +1,468 @@
+# SPDX-License-Identifier: Apache-2.0
+"""WorkerController: the pool, leases, model registry and lifecycle.
+
+``load`` builds the engine's ``VllmConfig`` with vLLM's ``EngineArgs``,
+leases workers and an engine host, has the workers build upstream's Worker
+in place and load weights, starts a ``PooledEngineCoreProc`` on the host
+(profile, KV cache, warm-up), plays the front-end side of upstream's ZMQ
+handshake, and attaches vLLM's own ``AsyncLLM`` to the engine. After that
+the controller is off the request path. ``unload`` reverses it and returns
+every process to the pool; a dead process fails its model fast and is
+respawned while the rest of the pool keeps serving.
+"""
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import msgspec
+import zmq
+
+from vllm.config import VllmConfig
+from vllm.logger import init_logger
+from vllm.utils.network_utils import (
+    get_distributed_init_method,
+    get_loopback_ip,
+    get_open_port,
+    get_open_zmq_ipc_path,
+    make_zmq_socket,
+)
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.core import EngineCoreProc
+from vllm.v1.engine.utils import EngineHandshakeMetadata, EngineZmqAddresses
+from vllm.worker_controller.config import ControllerSettings, build_engine_config
+from vllm.worker_controller.errors import (
+    InsufficientWorkersError,
+    InvalidEngineArgsError,
+    ModelAlreadyLoadedError,
+    ModelLoadError,
+    ModelNotFoundError,
+    WorkerControllerError,
+)
+from vllm.worker_controller.executor.proxy_executor import ProxyExecutor
+from vllm.worker_controller.executor.remote_executor import RemoteExecutor
+from vllm.worker_controller.pool import (
+    PooledProcess,
+    ProcessKind,
+    ProcessPool,
+    ProcessState,
+)
+
+logger = init_logger(__name__)
+
+
+class ModelState(str, Enum):
+    LOADING = "loading"
+    READY = "ready"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What ``load`` reports: where the model runs and where time went."""
+
+    name: str
+    model: str
+    worker_pids: list[int]
+    engine_host_pid: int
+    timings_s: dict[str, float]
+    """Per phase: config, lease, weights, profile, kv_cache,
+    compile_and_warm_up, engine_init, client, total."""
+
+
+@dataclass(frozen=True)
+class UnloadResult:
+    name: str
+    timings_s: dict[str, float]
+    workers: list[dict[str, Any]]
+    """Per rank: pid, unload report (memory figures) and whether recycled."""
+
+
+@dataclass(eq=False)
+class _Model:
+    name: str
+    model: str
+    state: ModelState = ModelState.LOADING
+    vllm_config: VllmConfig | None = None
+    workers: list[PooledProcess] = field(default_factory=list)
+    host: PooledProcess | None = None
+    engine_client: AsyncLLM | None = None
+    addresses: EngineZmqAddresses | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    released: threading.Event = field(default_factory=threading.Event)
+    """Set once the model's processes are back in the pool."""
+
+
+class WorkerController:
+    """A warm pool of vLLM processes that load and unload models in place.
+
+    Thread-safe; every method blocks until its work is done. Use it as a
+    context manager, or call :meth:`start` and :meth:`shutdown`.
+    """
+
+    def __init__(self, settings: ControllerSettings | None = None, **kwargs: Any):
+        self.settings = settings or ControllerSettings(**kwargs)
+        self.pool = ProcessPool(self.settings, on_lost=self._on_process_lost)
+        self.proxy = ProxyExecutor(
+            self.settings.load_timeout_s, self.settings.release_timeout_s
+        )
+        self._lock = threading.Lock()
+        self._models: dict[str, _Model] = {}
+        self._zmq = zmq.Context()
+
+    def start(self) -> "WorkerController":
+        self.pool.start()
+        return self
+
+    def __enter__(self) -> "WorkerController":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    # ------------------------------------------------------------------ load
+
+    def load(
+        self, model: str, name: str | None = None, **engine_args: Any
+    ) -> LoadResult:
+        """Loads ``model`` (path) as ``name``; returns when it can serve.
+
+        ``engine_args`` are fields of vLLM's ``EngineArgs``. On failure the
+        pool is cleaned up before the error is raised: a
+        :class:`ModelLoadError` naming the phase, or one of
+        :class:`InvalidEngineArgsError`, :class:`ModelAlreadyLoadedError`,
+        :class:`InsufficientWorkersError`.
+        """
+        name = name or model
+        with self._lock:
+            if name in self._models:
+                raise ModelAlreadyLoadedError(
+                    f"A model named {name!r} is already loaded "
+                    f"({self._models[name].state.value}); unload it first"
+                )
+            record = self._models[name] = _Model(name, model)
+        start = time.perf_counter()
+        try:
+            self._load(record, engine_args)
+        except BaseException:
+            self._release(record)
+            with self._lock:
+                del self._models[name]
+            raise
+        record.timings_s["total"] = time.perf_counter() - start
+        with self._lock:
+            record.state = ModelState.READY
+        assert record.host is not None
+        logger.info(
+            "Model %r ready in %.2f s (%s)",
+            name,
+            record.timings_s["total"],
+            ", ".join(f"{k} {v:.2f}s" for k, v in record.timings_s.items()),
+        )
+        return LoadResult(
+            name=name,
+            model=model,
+            worker_pids=[w.pid for w in record.workers],
+            engine_host_pid=record.host.pid,
+            timings_s=dict(record.timings_s),
+        )
+
+    def _load(self, record: _Model, engine_args: dict[str, Any]) -> None:
+        timings = record.timings_s
+        with self._phase(record, "config"):
+            try:
+                config = build_engine_config(
+                    record.model, record.name, engine_args, RemoteExecutor
+                )
+            except InvalidEngineArgsError:
+                raise
+            except TypeError as e:  # vLLM raises these for bad argument types
+                raise InvalidEngineArgsError(str(e)) from e
+            record.vllm_config = config
+        with self._phase(record, "lease"):
+            world_size = config.parallel_config.world_size
+            record.workers = self.pool.lease(ProcessKind.WORKER, world_size)
+            (record.host,) = self.pool.lease(ProcessKind.ENGINE_HOST, 1)
+            for p in (*record.workers, record.host):
+                p.model = record.name
+        host = record.host
+        with self._phase(record, "weights"):
+            handle = host.channel.call(
+                "prepare", timeout=self.settings.boot_timeout_s, world_size=world_size
+            )
+            replies = self.proxy.load_workers(
+                record.workers,
+                config,
+                get_distributed_init_method(get_loopback_ip(), get_open_port()),
+                handle,
+            )
+        timings["weights"] = max(r["load_s"] for r in replies)
+        with self._phase(record, "engine_init"):
+            phases = self._start_engine(record, [r["response_handle"] for r in replies])
+        timings.update(phases)
+        addresses = record.addresses
+        assert addresses is not None
+        with self._phase(record, "client"):
+            record.engine_client = AsyncLLM.from_vllm_config(
+                config,
+                client_addresses={
+                    "input_address": addresses.inputs[0],
+                    "output_address": addresses.outputs[0],
+                },
+                disable_log_stats=not self.settings.log_stats,
+            )
+        assert host.serving is not None
+        host.serving.add_done_callback(lambda f: self._on_engine_exit(record, f))
+
+    @contextmanager
+    def _phase(self, record: _Model, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        except (
+            InvalidEngineArgsError,
+            InsufficientWorkersError,
+            ModelLoadError,
+        ):
+            raise
+        except Exception as e:
+            raise ModelLoadError(record.name, phase, str(e)) from e
+        record.timings_s[phase] = time.perf_counter() - start
+
+    def _start_engine(self, record: _Model, response_handles: list) -> dict:
+        """Starts EngineCore on the host and answers its handshake.
+
+        Plays the front end's part of upstream's ``launch_core_engines``:
+        HELLO -> addresses -> (engine builds itself) -> READY.
+        """
+        assert record.host is not None and record.vllm_config is not None
+        base = get_open_zmq_ipc_path()
+        addresses = EngineZmqAddresses(inputs=[f"{base}-in"], outputs=[f"{base}-out"])
+        record.addresses = addresses
+        handshake_address = get_open_zmq_ipc_path()
+        sock = make_zmq_socket(self._zmq, handshake_address, zmq.ROUTER, bind=True)
+        started: Future = Future()
+        try:
+            started = record.host.channel.call_async(
+                "start_engine",
+                vllm_config=record.vllm_config,
+                handshake_address=handshake_address,
+                response_handles=response_handles,
+                worker_pids=[w.pid for w in record.workers],
+                log_stats=self.settings.log_stats,
+            )
+            self._answer_handshake(sock, addresses, started)
+            phases = started.result(self.settings.load_timeout_s)
+        except BaseException:
+            if not started.done():
+                self.pool.recycle(record.host, "engine start did not finish")
+            raise
+        finally:
+            sock.close(linger=0)
+        record.host.serving = record.host.channel.call_async("serve")
+        return phases
+
+    def _answer_handshake(
+        self, sock: zmq.Socket, addresses: EngineZmqAddresses, started: Future
+    ) -> None:
+        deadline = time.monotonic() + self.settings.load_timeout_s
+        while time.monotonic() < deadline:
+            if started.done() and started.exception() is not None:
+                raise started.exception()  # type: ignore[misc]
+            if not sock.poll(200):
+                continue
+            identity, payload = sock.recv_multipart()
+            status = msgspec.msgpack.decode(payload)["status"]
+            if status == "HELLO":
+                init = EngineHandshakeMetadata(addresses=addresses, parallel_config={})
+                sock.send_multipart((identity, msgspec.msgpack.encode(init)))
+            elif status == "READY":
+                return
+        raise TimeoutError("engine did not become ready in time")
+
+    # ---------------------------------------------------------------- unload
+
+    def unload(self, name: str) -> UnloadResult:
+        """Stops the model's engine and returns its processes to the pool.
+
+        In-flight requests are aborted (they finish with reason ``abort``).
+        A failed model is unloaded the same way.
+        """
+        with self._lock:
+            record = self._get(name)
+            if record.state in (ModelState.LOADING, ModelState.UNLOADING):
+                raise WorkerControllerError(
+                    f"Model {name!r} is {record.state.value}; try again when done"
+                )
+            was_ready = record.state == ModelState.READY
+            record.state = ModelState.UNLOADING
+        start = time.perf_counter()
+        if was_ready:
+            reports = self._release(record)
+        else:
+            record.released.wait(self.settings.release_timeout_s)
+            reports = []
+        self._close_client(record)
+        with self._lock:
+            del self._models[name]
+        elapsed = time.perf_counter() - start
+        logger.info("Model %r unloaded in %.2f s", name, elapsed)
+        return UnloadResult(name, {"total": elapsed}, reports)
+
+    def _release(self, record: _Model) -> list[dict[str, Any]]:
+        """Stops the engine (if any) and gives every process back.
+
+        Safe on partially loaded models; runs once per model.
+        """
+        if record.released.is_set():
+            return []
+        host = record.host
+        if host is not None and host.serving is not None:
+            host.channel.call_async("stop")
+            self.proxy.wait(host, host.serving)
+        tolerance = self.settings.memory_tolerance_bytes
+        reports = []
+        released = self.proxy.release_workers(record.workers)
+        for w, report in zip(record.workers, released, strict=True):
+            w.last_unload = report
+            # A worker whose load failed has already torn itself down.
+            clean = w.serving is None or (
+                report is not None and report["growth_bytes"] <= tolerance
+            )
+            if report is not None and not clean:
+                logger.warning(
+                    "Worker %s stays %.1f MiB above its boot baseline after "
+                    "unload (tolerance %.1f MiB)",
+                    w.name,
+                    report["growth_bytes"] / 2**20,
+                    tolerance / 2**20,
+                )
+            self._give_back_or_recycle(w, clean)
+            reports.append({"pid": w.pid, "recycled": not clean, **(report or {})})
+        if host is not None:
+            self._give_back_or_recycle(host, True)
+        record.released.set()
+        return reports
+
+    def _give_back_or_recycle(self, p: PooledProcess, clean: bool) -> None:
+        if p.state == ProcessState.DEAD or p.channel.lost:
+            return
+        if clean:
+            self.pool.give_back([p])
+        else:
+            self.pool.recycle(p, "did not return to its baseline state")
+
+    def _close_client(self, record: _Model) -> None:
+        """Shuts the model's AsyncLLM after its last outputs arrived."""
+        client = record.engine_client
+        if client is None:
+            return
+        deadline = time.monotonic() + self.settings.unload_drain_s
+        while (
+            client.output_processor.has_unfinished_requests()
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+        client.shutdown()
+
+    # -------------------------------------------------------------- failures
+
+    def _on_engine_exit(self, record: _Model, serving: Future) -> None:
+        """The host's busy loop ended; unexpected unless unloading."""
+        with self._lock:
+            if record.state != ModelState.READY:
+                return
+            record.state = ModelState.FAILED
+        try:
+            error = serving.result()["error"] or "engine stopped unexpectedly"
+        except Exception as e:
+            error = str(e)
+            # The host died before it could tell the front end: do it here
+            # so in-flight requests fail instead of hanging.
+            assert record.addresses is not None
+            self._notify_engine_dead(record.addresses.outputs[0])
+        record.error = error
+        logger.error("Model %r failed: %s", record.name, error)
+        threading.Thread(
+            target=self._release, args=(record,), name="WCFailModel", daemon=True
+        ).start()
+
+    def _on_process_lost(self, p: PooledProcess) -> None:
+        """A pooled process died; fail the model it served, if any."""
+        with self._lock:
+            record = self._models.get(p.model) if p.model else None
+        if record is None or record.host is None or p is record.host:
+            return  # the host's own death resolves its serve future
+        if record.host.serving is not None:
+            # The engine notices through its worker monitor and exits;
+            # _on_engine_exit does the rest. Ask it to stop in any case.
+            record.host.channel.call_async("stop")
+
+    def _notify_engine_dead(self, output_address: str) -> None:
+        sock = make_zmq_socket(self._zmq, output_address, zmq.PUSH, bind=False)
+        sock.send(EngineCoreProc.ENGINE_CORE_DEAD)
+        sock.close(linger=1000)
+
+    # ------------------------------------------------------------ listings
+
+    def engine_client(self, name: str) -> AsyncLLM:
+        """vLLM's own async engine client for a loaded model."""
+        with self._lock:
+            record = self._get(name)
+            if record.engine_client is None:
+                raise WorkerControllerError(f"Model {name!r} is {record.state.value}")
+            return record.engine_client
+
+    def list_models(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                {
+                    "name": r.name,
+                    "model": r.model,
+                    "state": r.state.value,
+                    "worker_pids": [w.pid for w in r.workers],
+                    "engine_host_pid": r.host.pid if r.host else None,
+                    "timings_s": dict(r.timings_s),
+                    "error": r.error,
+                }
+                for r in self._models.values()
+            ]
+
+    def list_workers(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "kind": p.kind.value,
+                "index": p.index,
+                "pid": p.pid,
+                "device": p.device,
+                "state": p.state.value,
+                "model": p.model,
+                "boot_s": p.boot_s,
+                "baseline_bytes": p.baseline_bytes,
+                "last_unload": p.last_unload,
+            }
+            for p in self.pool.processes()
+        ]
+
+    def shutdown(self) -> None:
+        """Unloads every model and stops every pooled process."""
+        for name in [m["name"] for m in self.list_models()]:
+            try:
+                self.unload(name)
+            except WorkerControllerError as e:
+                logger.warning("Unloading %r at shutdown failed: %s", name, e)
+        self.pool.shutdown()
+        self._zmq.term()
+
+    def _get(self, name: str) -> _Model:
+        try:
+            return self._models[name]
+        except KeyError:
+            raise ModelNotFoundError(f"No model named {name!r} is loaded") from None

@@ -1,0 +1,61 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Errors raised by the worker controller.
+
+Each error says what was asked and why it cannot be done, so that a caller
+(and later the HTTP front door) can map it to a clear response without
+parsing messages.
+"""
+
+
+class WorkerControllerError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ModelLoadError(WorkerControllerError):
+    """A load failed; ``phase`` names the step that failed.
+
+    The pool has been cleaned up before this is raised: nothing of the
+    failed model stays loaded.
+    """
+
+    def __init__(self, name: str, phase: str, message: str):
+        super().__init__(f"Loading model {name!r} failed during {phase}: {message}")
+        self.name = name
+        self.phase = phase
+
+
+class InvalidEngineArgsError(WorkerControllerError, ValueError):
+    """Engine arguments that vLLM's ``EngineArgs`` does not accept."""
+
+
+class ModelAlreadyLoadedError(WorkerControllerError):
+    """A load asked for a name that is already taken."""
+
+
+class ModelNotFoundError(WorkerControllerError, KeyError):
+    """No model of that name is known to the controller."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class InsufficientWorkersError(WorkerControllerError):
+    """The pool has fewer idle processes than the request needs."""
+
+
+class WorkerLostError(WorkerControllerError):
+    """A pooled process died while a request to it was pending."""
+
+
+class RemoteCallError(WorkerControllerError):
+    """A request raised inside a pooled process.
+
+    ``error_type`` is the remote exception's class name; the remote
+    traceback is logged by the process that raised it.
+    """
+
+    def __init__(self, method: str, error_type: str, message: str):
+        super().__init__(f"{method} failed in pooled process: {error_type}: {message}")
+        self.method = method
+        self.error_type = error_type
+        self.remote_message = message

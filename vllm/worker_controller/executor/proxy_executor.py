@@ -1,0 +1,172 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The controller's control channel to every pooled process.
+
+Only control traffic crosses it (load, serve, release, start/stop engine,
+health); per-step traffic goes engine host -> workers over vLLM's
+shared-memory ``MessageQueue`` and never passes through the controller.
+Each pooled process has one :class:`ControlChannel` (a pipe plus a reader
+thread that matches replies to requests by id), and :class:`ProxyExecutor`
+speaks to the ranks of one engine through them, the way upstream executors
+``collective_rpc`` their workers.
+"""
+
+import itertools
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, wait
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from vllm.logger import init_logger
+from vllm.worker_controller.errors import RemoteCallError, WorkerLostError
+from vllm.worker_controller.process import ControlReply, ControlRequest
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.distributed.device_communicators.shm_broadcast import Handle
+    from vllm.worker_controller.pool import PooledProcess
+
+logger = init_logger(__name__)
+
+
+class ControlChannel:
+    """Request/reply over one pipe; a dead peer fails every pending call."""
+
+    def __init__(self, conn: Connection, name: str, on_lost: Callable[[], None]):
+        self.name = name
+        self._conn = conn
+        self._on_lost = on_lost
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._pending: dict[int, tuple[str, Future]] = {}
+        self._lost = False
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f"WCChannel-{name}", daemon=True
+        )
+        self._reader.start()
+
+    @property
+    def lost(self) -> bool:
+        return self._lost
+
+    def call_async(self, method: str, **kwargs: Any) -> Future:
+        """Sends ``method(**kwargs)``; the future holds the reply."""
+        future: Future = Future()
+        with self._lock:
+            if self._lost:
+                future.set_exception(WorkerLostError(f"{self.name} is gone"))
+                return future
+            request_id = next(self._ids)
+            self._pending[request_id] = (method, future)
+            try:
+                self._conn.send(ControlRequest(request_id, method, kwargs))
+            except (OSError, BrokenPipeError) as e:
+                self._pending.pop(request_id)
+                future.set_exception(WorkerLostError(f"{self.name}: {e}"))
+        return future
+
+    def call(self, method: str, timeout: float | None = None, **kwargs: Any) -> Any:
+        return self.call_async(method, **kwargs).result(timeout)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                reply: ControlReply = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            with self._lock:
+                method, future = self._pending.pop(reply.request_id)
+            if reply.ok:
+                future.set_result(reply.value)
+            else:
+                future.set_exception(
+                    RemoteCallError(method, reply.error_type, reply.error_message)
+                )
+        with self._lock:
+            self._lost = True
+            pending, self._pending = self._pending, {}
+        for method, future in pending.values():
+            future.set_exception(
+                WorkerLostError(f"{self.name} died while running {method}")
+            )
+        self._on_lost()
+
+
+class ProxyExecutor:
+    """Sends load / serve / release / health to the ranks of one engine.
+
+    Stateless apart from timeouts: the pool owns the processes and their
+    channels, the controller decides which ranks form which engine.
+    """
+
+    def __init__(self, load_timeout_s: float, release_timeout_s: float):
+        self.load_timeout_s = load_timeout_s
+        self.release_timeout_s = release_timeout_s
+
+    def load_workers(
+        self,
+        workers: Sequence["PooledProcess"],
+        vllm_config: "VllmConfig",
+        distributed_init_method: str,
+        input_shm_handle: "Handle",
+    ) -> list[dict[str, Any]]:
+        """Builds upstream's Worker + model runner in place on every rank.
+
+        Every rank that loads starts serving (its ``serving`` future is
+        set), so a caller cleaning up after a failed peer can release it.
+        Returns each rank's reply: its response-queue handle and timings.
+        """
+        tp_size = vllm_config.parallel_config.tensor_parallel_size
+        futures = [
+            w.channel.call_async(
+                "load_model",
+                vllm_config=vllm_config,
+                rank=rank,
+                distributed_init_method=distributed_init_method,
+                input_shm_handle=input_shm_handle,
+                is_driver_worker=rank % tp_size == 0,
+            )
+            for rank, w in enumerate(workers)
+        ]
+        _, pending = wait(futures, self.load_timeout_s)
+        for w, f in zip(workers, futures, strict=True):
+            if f.done() and f.exception() is None:
+                w.serving = w.channel.call_async("serve")
+        if pending:
+            raise TimeoutError(f"{len(pending)} rank(s) did not finish loading")
+        return [f.result() for f in futures]
+
+    def release_workers(
+        self, workers: Sequence["PooledProcess"]
+    ) -> list[dict[str, Any] | None]:
+        """Ends the workers' busy loops; returns each unload report.
+
+        None stands for a rank that never loaded, died, or did not answer.
+        """
+        for w in workers:
+            if w.serving is not None and not w.channel.lost:
+                w.channel.call_async("release")
+        return [self.wait(w, w.serving) for w in workers]
+
+    def wait(self, p: "PooledProcess", future: Future | None) -> dict[str, Any] | None:
+        """The result of a ``serve`` call, or None if there is none."""
+        if future is None:
+            return None
+        try:
+            return future.result(self.release_timeout_s)
+        except FutureTimeoutError:
+            logger.error("%s did not finish releasing in time", p.name)
+        except WorkerLostError:
+            pass  # already dead; the pool respawns it
+        except RemoteCallError as e:
+            logger.error("%s failed while releasing: %s", p.name, e)
+        return None
+
+    @staticmethod
+    def health(procs: Sequence["PooledProcess"], timeout: float) -> list[dict]:
+        futures = [p.channel.call_async("health") for p in procs]
+        return [f.result(timeout) for f in futures]

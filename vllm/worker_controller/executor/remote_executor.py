@@ -1,0 +1,129 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The Executor inside an engine host: drives leased pooled workers.
+
+It is ``MultiprocExecutor`` without the process spawning, as
+``RayExecutorV2`` is: the broadcast ``MessageQueue`` (created by the engine
+host before the workers attach) carries every ``collective_rpc`` and
+``execute_model`` straight to the workers' shared memory, and each worker's
+response queue carries the answer back. Upstream's ``collective_rpc``,
+``execute_model``, ``sample_tokens`` and async-scheduling support are
+inherited unchanged; only start-up, worker monitoring and shutdown differ,
+because the workers are not this process's children and outlive it.
+"""
+
+import multiprocessing.connection
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass, field
+
+from vllm.distributed.device_communicators.shm_broadcast import Handle, MessageQueue
+from vllm.logger import init_logger
+from vllm.v1.executor.multiproc_executor import FutureWrapper, MultiprocExecutor
+
+logger = init_logger(__name__)
+
+# RPCs whose duration is a load phase worth reporting.
+_PHASES = {
+    "determine_available_memory": "profile",
+    "initialize_from_config": "kv_cache",
+    "compile_or_warm_up_model": "compile_and_warm_up",
+}
+
+
+@dataclass
+class WorkerLease:
+    """What an engine host knows about the workers leased to its engine."""
+
+    broadcast_mq: MessageQueue
+    response_handles: list[Handle]
+    worker_pids: list[int]
+    phases_s: dict[str, float] = field(default_factory=dict)
+
+
+class RemoteExecutor(MultiprocExecutor):
+    """Executor over pooled worker processes that already exist."""
+
+    # Set by the engine host right before it constructs its EngineCore:
+    # EngineCore builds the executor from the config alone, and a host
+    # runs one engine at a time.
+    pending_lease: WorkerLease | None = None
+
+    def _init_executor(self) -> None:
+        lease, RemoteExecutor.pending_lease = RemoteExecutor.pending_lease, None
+        assert lease is not None, "RemoteExecutor runs only inside an engine host"
+        self.lease = lease
+        self._finalizer = weakref.finalize(self, self.shutdown)
+        self.is_failed = False
+        self.failure_callback = None
+        self._get_parallel_sizes()
+        assert len(lease.response_handles) == self.world_size
+
+        self.rpc_broadcast_mq = lease.broadcast_mq
+        self.response_mqs = [
+            MessageQueue.create_from_handle(handle, 0)
+            for handle in lease.response_handles
+        ]
+        # Same barrier order as MultiprocExecutor / WorkerProc.
+        self.rpc_broadcast_mq.wait_until_ready()
+        for mq in self.response_mqs:
+            mq.wait_until_ready()
+        self.futures_queue = deque[FutureWrapper]()
+        self.output_rank = self._get_output_rank()
+        self.start_worker_monitor()
+
+    def collective_rpc(self, method, *args, **kwargs):  # type: ignore[override]
+        phase = _PHASES.get(method) if isinstance(method, str) else None
+        if phase is None:
+            return super().collective_rpc(method, *args, **kwargs)
+        start = time.perf_counter()
+        result = super().collective_rpc(method, *args, **kwargs)
+        self.lease.phases_s[phase] = time.perf_counter() - start
+        return result
+
+    def start_worker_monitor(self, inline: bool = False) -> None:
+        """Fails the engine fast when a leased worker dies.
+
+        The workers are not our children, so instead of process sentinels
+        we wait on pidfds. As upstream's monitor does, a death marks the
+        executor failed, cancels the reads that wait on the dead rank (so
+        in-flight steps raise instead of hanging) and tells the engine.
+        """
+        pidfds = [os.pidfd_open(pid) for pid in self.lease.worker_pids]
+        stop_reader, self._stop_writer = os.pipe()
+        self_ref = weakref.ref(self)
+
+        def monitor() -> None:
+            try:
+                ready = multiprocessing.connection.wait([*pidfds, stop_reader])
+            finally:
+                for fd in (*pidfds, stop_reader):
+                    os.close(fd)
+            executor = self_ref()
+            if stop_reader in ready or executor is None or executor.shutting_down:
+                return
+            logger.error("A pooled worker of this engine died; failing the engine.")
+            executor.is_failed = True
+            for mq in executor.response_mqs:
+                mq.shutdown()
+            if (callback := executor.failure_callback) is not None:
+                executor.failure_callback = None
+                callback()
+
+        self.shutting_down = False
+        threading.Thread(
+            target=monitor, daemon=True, name="RemoteWorkerMonitor"
+        ).start()
+
+    def shutdown(self) -> None:
+        """Detaches from the workers; the controller releases them."""
+        if getattr(self, "shutting_down", True):
+            return
+        self.shutting_down = True
+        os.write(self._stop_writer, b"x")
+        os.close(self._stop_writer)
+        for mq in self.response_mqs:
+            mq.shutdown()
+        self.rpc_broadcast_mq.shutdown()

@@ -1,0 +1,246 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Warm process pool: spawning, leasing, death detection and respawn.
+
+Two kinds of processes are kept warm: pooled workers (one device each) and
+engine hosts (CPU only, one EngineCore at a time). Each is spawned once,
+reports its boot figures, and is then leased and given back many times. A
+process whose control pipe closes is dead: its pending calls fail at once,
+the controller is told, and a replacement is spawned in the background.
+"""
+
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from vllm.logger import init_logger
+from vllm.worker_controller.config import ControllerSettings
+from vllm.worker_controller.engine.core import run_engine_host
+from vllm.worker_controller.errors import InsufficientWorkersError
+from vllm.worker_controller.executor.proxy_executor import ControlChannel
+from vllm.worker_controller.worker.gpu_worker import run_pooled_worker
+
+logger = init_logger(__name__)
+
+
+class ProcessKind(str, Enum):
+    WORKER = "worker"
+    ENGINE_HOST = "engine_host"
+
+
+class ProcessState(str, Enum):
+    BOOTING = "booting"
+    IDLE = "idle"
+    LEASED = "leased"
+    DEAD = "dead"
+
+
+@dataclass(eq=False)
+class PooledProcess:
+    """The controller's view of one warm process."""
+
+    kind: ProcessKind
+    index: int
+    device_index: int | None
+    proc: BaseProcess
+    channel: ControlChannel = field(init=False)
+    state: ProcessState = ProcessState.BOOTING
+    device: str = ""
+    boot_s: float = 0.0
+    baseline_bytes: int = 0
+    model: str | None = None
+    serving: Future | None = None
+    """Resolves when the current lease's busy loop ends (with its report)."""
+    last_unload: dict[str, Any] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc.pid is not None
+        return self.proc.pid
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind.value}-{self.index}"
+
+
+class ProcessPool:
+    """Owns the pooled processes; the controller leases them from here."""
+
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        on_lost: Callable[[PooledProcess], None],
+    ):
+        self.settings = settings
+        self._on_lost_callback = on_lost
+        self._ctx = multiprocessing.get_context("spawn")
+        self._cond = threading.Condition()
+        self._spawn_lock = threading.Lock()
+        self._procs: dict[tuple[ProcessKind, int], PooledProcess] = {}
+        self._closing = False
+
+    def start(self) -> None:
+        """Spawns every process, then waits until all have booted."""
+        devices = self.settings.devices
+        slots = [
+            (ProcessKind.WORKER, i, devices[i % len(devices)] if devices else None)
+            for i in range(self.settings.num_workers)
+        ] + [
+            (ProcessKind.ENGINE_HOST, i, None)
+            for i in range(self.settings.engine_hosts)
+        ]
+        started = time.perf_counter()
+        spawned = [self._spawn(*slot) for slot in slots]
+        for p in spawned:
+            self._await_boot(p, started)
+
+    def lease(self, kind: ProcessKind, count: int) -> list[PooledProcess]:
+        """Marks ``count`` idle processes of ``kind`` as leased."""
+        with self._cond:
+            idle = [
+                p
+                for p in self._procs.values()
+                if p.kind == kind and p.state == ProcessState.IDLE
+            ]
+            if len(idle) < count:
+                total = sum(p.kind == kind for p in self._procs.values())
+                raise InsufficientWorkersError(
+                    f"Need {count} idle {kind.value}(s) but only {len(idle)} "
+                    f"of {total} are idle; unload a model or start a larger pool"
+                )
+            leased = sorted(idle, key=lambda p: p.index)[:count]
+            for p in leased:
+                p.state = ProcessState.LEASED
+            return leased
+
+    def give_back(self, procs: list[PooledProcess]) -> None:
+        with self._cond:
+            for p in procs:
+                p.model = None
+                p.serving = None
+                if p.state == ProcessState.LEASED:
+                    p.state = ProcessState.IDLE
+            self._cond.notify_all()
+
+    def recycle(self, p: PooledProcess, reason: str) -> None:
+        """Kills a process that cannot get back to its baseline."""
+        logger.warning("Recycling %s (pid %d): %s", p.name, p.pid, reason)
+        with self._cond:
+            p.state = ProcessState.DEAD
+        p.proc.kill()
+
+    def processes(self) -> list[PooledProcess]:
+        with self._cond:
+            return sorted(self._procs.values(), key=lambda p: (p.kind, p.index))
+
+    def wait_until_idle(self, timeout: float) -> bool:
+        """Waits until every slot holds an idle process (e.g. after respawn)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while any(p.state != ProcessState.IDLE for p in self._procs.values()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._cond.wait(remaining):
+                    return False
+            return True
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Asks every process to exit, then kills what is left."""
+        with self._cond:
+            self._closing = True
+            procs = list(self._procs.values())
+        for p in procs:
+            if not p.channel.lost:
+                p.channel.call_async("exit")
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            p.proc.join(max(0.0, deadline - time.monotonic()))
+            if p.proc.is_alive():
+                p.proc.kill()
+                p.proc.join(5)
+            p.channel.close()
+
+    def _spawn(
+        self, kind: ProcessKind, index: int, device_index: int | None
+    ) -> PooledProcess:
+        parent_conn, child_conn = self._ctx.Pipe()
+        if kind == ProcessKind.WORKER:
+            target: Callable[..., None] = run_pooled_worker
+            args: tuple = (child_conn, index, device_index)
+        else:
+            target, args = run_engine_host, (child_conn, index)
+        proc = self._ctx.Process(
+            target=target,
+            args=args,
+            name=f"VllmPooled-{kind.value}-{index}",
+            daemon=True,
+        )
+        with self._spawn_lock, _environment(self.settings.env):
+            proc.start()
+        child_conn.close()
+        p = PooledProcess(kind, index, device_index, proc)
+        p.channel = ControlChannel(parent_conn, p.name, lambda: self._on_lost(p))
+        with self._cond:
+            self._procs[(kind, index)] = p
+        return p
+
+    def _await_boot(self, p: PooledProcess, started: float) -> None:
+        info = p.channel.call("describe", timeout=self.settings.boot_timeout_s)
+        with self._cond:
+            p.device = info["device"]
+            p.baseline_bytes = info["baseline_bytes"]
+            p.boot_s = time.perf_counter() - started
+            p.state = ProcessState.IDLE
+            self._cond.notify_all()
+        logger.info(
+            "Pooled %s (pid %d, %s) warm in %.2f s", p.name, p.pid, p.device, p.boot_s
+        )
+
+    def _on_lost(self, p: PooledProcess) -> None:
+        with self._cond:
+            p.state = ProcessState.DEAD
+            closing = self._closing
+            self._cond.notify_all()
+        if closing:
+            return
+        p.proc.join(5)
+        logger.warning(
+            "Pooled %s (pid %d) died (exit code %s); respawning",
+            p.name,
+            p.pid,
+            p.proc.exitcode,
+        )
+        self._on_lost_callback(p)
+        threading.Thread(
+            target=self._respawn, args=(p,), name=f"WCRespawn-{p.name}", daemon=True
+        ).start()
+
+    def _respawn(self, dead: PooledProcess) -> None:
+        started = time.perf_counter()
+        try:
+            self._await_boot(
+                self._spawn(dead.kind, dead.index, dead.device_index), started
+            )
+        except Exception:
+            logger.exception("Respawning %s failed", dead.name)
+
+
+@contextmanager
+def _environment(env: dict[str, str]):
+    """Sets ``env`` for a child about to be spawned (spawn copies environ)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

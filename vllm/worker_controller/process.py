@@ -1,0 +1,115 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Child side of the control channel, shared by every pooled process.
+
+A pooled process (a worker or an engine host) does its model work on its
+main thread: device state, OpenMP binding and signal handling belong to it,
+and upstream's busy loops expect it. A daemon thread reads control requests
+so that the controller can still ask for health or a release while the main
+thread sits inside a busy loop. Requests carry an id and every request gets
+exactly one reply, so the controller can keep several in flight.
+"""
+
+import os
+import queue
+import threading
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from vllm.logger import init_logger
+
+logger = init_logger(__name__)
+
+
+@dataclass
+class ControlRequest:
+    """One call from the controller: ``handler.<method>(**kwargs)``."""
+
+    request_id: int
+    method: str
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class ControlReply:
+    """The answer to one :class:`ControlRequest`."""
+
+    request_id: int
+    ok: bool
+    value: Any = None
+    error_type: str = ""
+    error_message: str = ""
+    error_traceback: str = ""
+
+
+class PooledProcessHandler:
+    """Base for the objects a :class:`ControlServer` dispatches to.
+
+    Methods named in ``INLINE_METHODS`` run on the control thread and must
+    be quick and thread-safe; every other method runs on the main thread,
+    one at a time, in arrival order.
+    """
+
+    INLINE_METHODS: frozenset[str] = frozenset({"describe"})
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class ControlServer:
+    """Reads requests from the controller's pipe and runs them."""
+
+    _EXIT = object()
+
+    def __init__(self, conn: Connection, handler: PooledProcessHandler):
+        self._conn = conn
+        self._handler = handler
+        self._send_lock = threading.Lock()
+        self._main_queue: queue.Queue[ControlRequest | object] = queue.Queue()
+
+    def serve_forever(self) -> None:
+        """Runs main-thread requests until the controller says ``exit``."""
+        threading.Thread(
+            target=self._read_loop, name="WCControlReader", daemon=True
+        ).start()
+        while (request := self._main_queue.get()) is not self._EXIT:
+            assert isinstance(request, ControlRequest)
+            self._dispatch(request)
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                request: ControlRequest = self._conn.recv()
+            except (EOFError, OSError):
+                # The controller is gone: nothing here is worth saving, and a
+                # main thread inside a busy loop cannot be joined.
+                logger.info("Controller connection closed; pooled process exits.")
+                os._exit(0)
+            if request.method == "exit":
+                self._reply(ControlReply(request.request_id, ok=True))
+                self._main_queue.put(self._EXIT)
+                return
+            if request.method in self._handler.INLINE_METHODS:
+                self._dispatch(request)
+            else:
+                self._main_queue.put(request)
+
+    def _dispatch(self, request: ControlRequest) -> None:
+        try:
+            value = getattr(self._handler, request.method)(**request.kwargs)
+            reply = ControlReply(request.request_id, ok=True, value=value)
+        except Exception as e:
+            logger.exception("Pooled process request %s failed", request.method)
+            reply = ControlReply(
+                request.request_id,
+                ok=False,
+                error_type=type(e).__name__,
+                error_message=str(e),
+                error_traceback=traceback.format_exc(),
+            )
+        self._reply(reply)
+
+    def _reply(self, reply: ControlReply) -> None:
+        with self._send_lock:
+            self._conn.send(reply)

@@ -1,0 +1,207 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Pooled worker: one warm process that hosts model after model in place.
+
+The process imports torch and vLLM and initialises its device once (CUDA
+context on GPU, thread binding inherited from its spawn environment on CPU),
+then waits. On ``load_model`` it runs upstream's ``WorkerProc`` start-up
+for the engine it is leased to: ``Worker`` + model runner, process groups,
+weights, message queues (the same code ``MultiprocExecutor`` runs in a fresh
+process). ``serve`` runs upstream's busy loop until the controller releases
+the worker; then ``unload_model`` tears everything down and checks that
+memory is back at the boot baseline.
+"""
+
+import signal
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import zmq
+
+from vllm.config import VllmConfig, set_current_vllm_config
+from vllm.distributed.device_communicators.shm_broadcast import Handle
+from vllm.distributed.parallel_state import (
+    destroy_distributed_environment,
+    destroy_model_parallel,
+)
+from vllm.logger import init_logger
+from vllm.platforms import current_platform
+from vllm.v1.executor.multiproc_executor import WorkerProc
+from vllm.worker_controller.config import make_dummy_vllm_config
+from vllm.worker_controller.process import ControlServer, PooledProcessHandler
+from vllm.worker_controller.worker.model_runner import (
+    memory_in_use,
+    release_compiled_model,
+    release_memory,
+    reset_process_state,
+)
+
+logger = init_logger(__name__)
+
+# How often a cancellable wait checks for a release, in milliseconds.
+_POLL_MS = 200
+
+
+class WorkerReleased(Exception):
+    """The controller released the worker before its engine attached."""
+
+
+class PooledWorkerProc(WorkerProc):
+    """``WorkerProc`` whose process outlives it.
+
+    Upstream ties one ``WorkerProc`` to one process; here a pooled process
+    builds one per lease. Construction is upstream's; only the ready
+    barrier is made cancellable, because the engine host may fail before it
+    reaches its side of the barrier.
+    """
+
+    def wait_until_ready(self, released: threading.Event) -> None:
+        """Upstream's MQ barrier, in its order, but abandonable."""
+        for mq in (self.rpc_broadcast_mq, self.worker_response_mq):
+            assert mq is not None
+            _cancellable(mq.wait_until_ready, mq.local_socket, released)
+
+
+def _cancellable(fn, sock: zmq.Socket, released: threading.Event) -> None:
+    sock.setsockopt(zmq.RCVTIMEO, _POLL_MS)
+    try:
+        while True:
+            try:
+                return fn()
+            except zmq.Again:
+                if released.is_set():
+                    raise WorkerReleased() from None
+    finally:
+        sock.setsockopt(zmq.RCVTIMEO, -1)
+
+
+class PooledWorker(PooledProcessHandler):
+    """Control-channel handler of a pooled worker process."""
+
+    INLINE_METHODS = frozenset({"describe", "health", "release"})
+
+    def __init__(self, index: int, device_index: int | None):
+        self.index = index
+        self.device_index = device_index
+        self.baseline_bytes = memory_in_use()
+        self.proc: PooledWorkerProc | None = None
+        self.state = "idle"
+        self._released = threading.Event()
+        self.loads = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "baseline_bytes": self.baseline_bytes,
+            "device": str(current_platform.device_type)
+            + ("" if self.device_index is None else f":{self.device_index}"),
+        }
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "memory_bytes": memory_in_use(),
+            "loads": self.loads,
+        }
+
+    def load_model(
+        self,
+        vllm_config: VllmConfig,
+        rank: int,
+        distributed_init_method: str,
+        input_shm_handle: Handle,
+        is_driver_worker: bool,
+    ) -> dict[str, Any]:
+        """Builds Worker + runner, joins the engine's group, loads weights."""
+        assert self.proc is None, "worker is already loaded"
+        self._released.clear()
+        self.state = "loading"
+        if self.device_index is not None:
+            vllm_config.parallel_config.assigned_physical_gpu_ids = [self.device_index]
+        start = time.perf_counter()
+        try:
+            self.proc = PooledWorkerProc(
+                vllm_config=vllm_config,
+                local_rank=rank,
+                rank=rank,
+                distributed_init_method=distributed_init_method,
+                input_shm_handle=input_shm_handle,
+                shared_worker_lock=None,
+                is_driver_worker=is_driver_worker,
+            )
+        except BaseException:
+            self.unload_model()
+            raise
+        self.loads += 1
+        assert self.proc.worker_response_mq is not None
+        return {
+            "response_handle": self.proc.worker_response_mq.export_handle(),
+            "load_s": time.perf_counter() - start,
+        }
+
+    def serve(self) -> dict[str, Any]:
+        """Runs upstream's busy loop until released, then unloads.
+
+        The reply doubles as the controller's notice that the worker is
+        free again, and carries the unload report.
+        """
+        assert self.proc is not None, "serve before load_model"
+        self.state = "serving"
+        try:
+            self.proc.wait_until_ready(self._released)
+            self.proc.worker_busy_loop()
+        except (WorkerReleased, RuntimeError) as e:
+            # A released broadcast queue raises RuntimeError("cancelled").
+            if not self._released.is_set():
+                logger.error("Worker busy loop ended unexpectedly: %s", e)
+        return self.unload_model()
+
+    def release(self) -> None:
+        """Ends the busy loop (or the ready barrier) of the current lease."""
+        self._released.set()
+        proc = self.proc
+        if proc is not None and proc.rpc_broadcast_mq is not None:
+            proc.rpc_broadcast_mq.shutdown()
+
+    def unload_model(self) -> dict[str, Any]:
+        """Full reset, then the memory check against the boot baseline."""
+        self.state = "unloading"
+        start = time.perf_counter()
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            worker = getattr(proc.worker, "worker", None)
+            release_compiled_model(worker)
+            proc.shutdown()
+            del proc, worker
+        # Idempotent; needed when a load failed after joining its group.
+        destroy_model_parallel()
+        destroy_distributed_environment()
+        reset_process_state()
+        in_use = memory_in_use()
+        self.state = "idle"
+        return {
+            "unload_s": time.perf_counter() - start,
+            "baseline_bytes": self.baseline_bytes,
+            "memory_bytes": in_use,
+            "growth_bytes": in_use - self.baseline_bytes,
+        }
+
+
+def run_pooled_worker(conn: Connection, index: int, device_index: int | None) -> None:
+    """Entry point of a pooled worker process.
+
+    Imports are already done when this runs (spawn imported this module to
+    find it); what is left is the device and the baseline measurement.
+    """
+    # The controller coordinates shutdown; a terminal's Ctrl-C must not
+    # kill pooled processes behind its back.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    boot_config = make_dummy_vllm_config()
+    with set_current_vllm_config(boot_config):
+        if device_index is not None:
+            import torch
+
+            current_platform.set_device(torch.device(f"cuda:{device_index}"))
+            torch.zeros(1, device=f"cuda:{device_index}")  # creates the context
+    release_memory()
+    ControlServer(conn, PooledWorker(index, device_index)).serve_forever()
