@@ -9,7 +9,10 @@ and to every rank, as ``MultiprocExecutor`` sends it to fresh processes.
 """
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
+
+import pydantic
 
 from vllm.config import VllmConfig
 from vllm.engine.arg_utils import EngineArgs
@@ -61,9 +64,10 @@ def build_engine_config(
 ) -> VllmConfig:
     """Builds the engine's ``VllmConfig`` with vLLM's own argument handling.
 
-    Unknown or reserved fields raise :class:`InvalidEngineArgsError` before
-    anything is leased; vLLM's own validation errors (bad values, missing
-    model, unsupported architecture) propagate with their messages.
+    Raises :class:`InvalidEngineArgsError` for unknown or reserved fields and
+    for values vLLM's field validation rejects, ``FileNotFoundError`` for a
+    local path that does not exist (vLLM would report it as a malformed hub
+    id), and vLLM's own errors otherwise (e.g. an unsupported architecture).
     """
     known = {f.name for f in dataclasses.fields(EngineArgs)}
     unknown = sorted(set(engine_args) - known)
@@ -77,10 +81,21 @@ def build_engine_config(
         raise InvalidEngineArgsError(
             f"Engine argument(s) {reserved} are set by the controller"
         )
-    args = EngineArgs(
-        model=model,
-        served_model_name=name,
-        distributed_executor_backend=executor_class,
-        **engine_args,
-    )
-    return args.create_engine_config(UsageContext.ENGINE_CONTEXT)
+    if model.startswith(("/", "./", "../", "~")) and not os.path.exists(
+        os.path.expanduser(model)
+    ):
+        raise FileNotFoundError(f"Model path {model!r} does not exist")
+    try:
+        args = EngineArgs(
+            model=model,
+            served_model_name=name,
+            distributed_executor_backend=executor_class,
+            **engine_args,
+        )
+        return args.create_engine_config(UsageContext.ENGINE_CONTEXT)
+    except pydantic.ValidationError as e:
+        # Errors located at a field are bad arguments; model-level ones
+        # (such as an unsupported architecture) are the model's.
+        if all(err["loc"] for err in e.errors()):
+            raise InvalidEngineArgsError(str(e)) from e
+        raise

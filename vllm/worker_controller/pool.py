@@ -141,10 +141,17 @@ class ProcessPool:
             return sorted(self._procs.values(), key=lambda p: (p.kind, p.index))
 
     def wait_until_idle(self, timeout: float) -> bool:
-        """Waits until every slot holds an idle process (e.g. after respawn)."""
+        """Waits until every slot holds an idle process."""
+        return self._wait_for({ProcessState.IDLE}, timeout)
+
+    def wait_until_refilled(self, timeout: float) -> bool:
+        """Waits until every dead process has been replaced and booted."""
+        return self._wait_for({ProcessState.IDLE, ProcessState.LEASED}, timeout)
+
+    def _wait_for(self, states: set[ProcessState], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         with self._cond:
-            while any(p.state != ProcessState.IDLE for p in self._procs.values()):
+            while any(p.state not in states for p in self._procs.values()):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._cond.wait(remaining):
                     return False

@@ -1,0 +1,133 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Load, serve and unload real engines in the same warm processes."""
+
+import asyncio
+
+from tests.worker_controller.conftest import (
+    POOL_WORKERS,
+    TINY_ARGS,
+    agreedy,
+    child_pids,
+    pool_pids,
+)
+from tests.worker_controller.models import hf_greedy
+from vllm.worker_controller.controller import ModelState
+
+PROMPT = "The quick brown fox"
+
+
+def worker_pids(controller) -> dict[int, int]:
+    return {
+        w["index"]: w["pid"] for w in controller.list_workers() if w["kind"] == "worker"
+    }
+
+
+def test_load_generate_unload_reload_same_process(controller, tiny_models, greedy):
+    """(a) Two full cycles in one worker process; tokens equal HF's."""
+    pids_before = pool_pids(controller)
+    expected = hf_greedy(tiny_models["qwen3"], PROMPT, 16)
+    results = []
+    for _ in range(2):
+        loaded = controller.load(str(tiny_models["qwen3"]), name="qwen", **TINY_ARGS)
+        assert controller.list_models()[0]["state"] == ModelState.READY.value
+        assert set(loaded.timings_s) >= {
+            "config",
+            "lease",
+            "weights",
+            "profile",
+            "kv_cache",
+            "engine_init",
+            "client",
+            "total",
+        }
+        assert greedy("qwen", PROMPT) == expected
+        results.append(loaded)
+        unloaded = controller.unload("qwen")
+        assert [w["recycled"] for w in unloaded.workers] == [False]
+        assert controller.list_models() == []
+    assert results[0].worker_pids == results[1].worker_pids
+    assert results[0].engine_host_pid == results[1].engine_host_pid
+    assert pool_pids(controller) == pids_before  # no process started
+    assert child_pids() == pids_before
+
+
+def test_two_models_concurrent_requests(controller, tiny_models, loop):
+    """(b) Qwen3- and OPT-shaped models on a 2-worker pool, concurrently."""
+    prompts = ["Hello, my name is", "The future of AI is", PROMPT]
+    expected = {
+        kind: [hf_greedy(tiny_models[kind], p, 12) for p in prompts]
+        for kind in ("qwen3", "opt")
+    }
+    a = controller.load(str(tiny_models["qwen3"]), name="qwen", **TINY_ARGS)
+    b = controller.load(str(tiny_models["opt"]), name="opt", **TINY_ARGS)
+    assert set(a.worker_pids).isdisjoint(b.worker_pids)
+
+    async def both():
+        clients = {
+            "qwen3": controller.engine_client("qwen"),
+            "opt": controller.engine_client("opt"),
+        }
+        coros = [
+            agreedy(clients[kind], p, 12)
+            for _ in range(2)
+            for kind in ("qwen3", "opt")
+            for p in prompts
+        ]
+        return await asyncio.gather(*coros)
+
+    outputs = loop.run(both())
+    want = [
+        expected[kind][i]
+        for _ in range(2)
+        for kind in ("qwen3", "opt")
+        for i in range(len(prompts))
+    ]
+    assert outputs == want
+    controller.unload("qwen")
+    controller.unload("opt")
+
+
+def test_dynamic_allocation_reuses_freed_worker(controller, tiny_models, greedy):
+    """(c) Load A and B; unload A; C lands on A's worker process."""
+    a = controller.load(str(tiny_models["qwen3"]), name="a", **TINY_ARGS)
+    b = controller.load(str(tiny_models["opt"]), name="b", **TINY_ARGS)
+    controller.unload("a")
+    c = controller.load(str(tiny_models["llama"]), name="c", **TINY_ARGS)
+    assert c.worker_pids == a.worker_pids != b.worker_pids
+    assert greedy("b", PROMPT) == hf_greedy(tiny_models["opt"], PROMPT, 16)
+    assert greedy("c", PROMPT) == hf_greedy(tiny_models["llama"], PROMPT, 16)
+    assert {m["name"] for m in controller.list_models()} == {"b", "c"}
+    controller.unload("b")
+    controller.unload("c")
+
+
+def test_churn_memory_stays_bounded(controller, tiny_models, greedy):
+    """(d) 10 load/unload cycles of two models alternating on one worker."""
+    pids_before = pool_pids(controller)
+    # Fill all but one worker so every cycle lands on the same process.
+    fillers = [
+        controller.load(str(tiny_models["llama"]), name=f"filler{i}", **TINY_ARGS)
+        for i in range(POOL_WORKERS - 1)
+    ]
+    expected = {
+        kind: hf_greedy(tiny_models[kind], PROMPT, 8) for kind in ("qwen3", "opt")
+    }
+    growth, pids = [], set()
+    for cycle in range(10):
+        kind = ("qwen3", "opt")[cycle % 2]
+        loaded = controller.load(str(tiny_models[kind]), name="churn", **TINY_ARGS)
+        pids.update(loaded.worker_pids)
+        assert greedy("churn", PROMPT, 8) == expected[kind]
+        (report,) = controller.unload("churn").workers
+        assert not report["recycled"]
+        growth.append(report["growth_bytes"])
+    assert len(pids) == 1
+    tolerance = controller.settings.memory_tolerance_bytes
+    assert max(growth) <= tolerance, growth
+    # No upward drift: the last cycles stay within 32 MiB of the first ones.
+    assert max(growth[-3:]) - min(growth[:3]) <= 32 << 20, growth
+    for f in fillers:
+        controller.unload(f.name)
+    assert pool_pids(controller) == pids_before
+    assert child_pids() == pids_before
+    assert all(w["state"] == "idle" for w in controller.list_workers())
