@@ -70,9 +70,9 @@ def test_invalid_engine_args(controller, tiny_models, greedy, bad, message):
 
 
 def test_more_workers_than_free(controller, tiny_models, greedy):
-    with pytest.raises(InsufficientWorkersError, match="Need 3 idle worker"):
+    with pytest.raises(InsufficientWorkersError, match="Need 4 idle worker"):
         controller.load(
-            str(tiny_models["llama"]), name="x", **TINY_ARGS, tensor_parallel_size=3
+            str(tiny_models["llama"]), name="x", **TINY_ARGS, tensor_parallel_size=4
         )
     controller.load(str(tiny_models["qwen3"]), name="a", **TINY_ARGS)
     controller.load(str(tiny_models["opt"]), name="b", **TINY_ARGS)

@@ -1,33 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
 """(g) The demo model (SmolLM2-135M-Instruct from PyPI) answers correctly."""
 
-import uuid
-
-from vllm import SamplingParams
-from vllm.inputs import TokensPrompt
 from vllm.worker_controller.demo_model import ensure_demo_model
+from vllm.worker_controller.serve import chat
 
 
 def test_demo_model_knows_the_capital_of_france(controller, loop):
     path = ensure_demo_model()
     controller.load(str(path), name="smollm2", max_model_len=512, enforce_eager=True)
     client = controller.engine_client("smollm2")
-
-    async def chat() -> str:
-        tokenizer = client.get_tokenizer()
-        messages = [{"role": "user", "content": "What is the capital of France?"}]
-        text = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
-        prompt = TokensPrompt(
-            prompt_token_ids=tokenizer.encode(text, add_special_tokens=False)
-        )
-        params = SamplingParams(temperature=0, max_tokens=32)
-        final = None
-        async for out in client.generate(prompt, params, request_id=uuid.uuid4().hex):
-            final = out
-        return final.outputs[0].text
-
-    answer = loop.run(chat(), timeout=300)
+    answer = loop.run(chat(client, "What is the capital of France?", 32), timeout=300)
     controller.unload("smollm2")
     assert "Paris" in answer, answer

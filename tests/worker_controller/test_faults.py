@@ -27,6 +27,10 @@ def idle_worker(controller) -> dict:
 def test_idle_worker_killed_is_replaced(controller):
     victim = idle_worker(controller)
     os.kill(victim["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while victim["pid"] in {w["pid"] for w in controller.list_workers()}:
+        assert time.monotonic() < deadline, "death not noticed"
+        time.sleep(0.1)
     assert controller.pool.wait_until_idle(timeout=120)
     replacement = next(
         w

@@ -25,6 +25,7 @@ import zmq
 
 from vllm.config import VllmConfig
 from vllm.logger import init_logger
+from vllm.utils.async_utils import cancel_task_threadsafe
 from vllm.utils.network_utils import (
     get_distributed_init_method,
     get_loopback_ip,
@@ -370,6 +371,10 @@ class WorkerController:
             and time.monotonic() < deadline
         ):
             time.sleep(0.05)
+        # Stop the output handler before the sockets close: otherwise it
+        # reads the closing socket as a dead engine and logs a failure.
+        if (handler := client.output_handler) is not None:
+            cancel_task_threadsafe(handler)
         client.shutdown()
 
     # -------------------------------------------------------------- failures

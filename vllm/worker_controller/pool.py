@@ -104,10 +104,11 @@ class ProcessPool:
     def lease(self, kind: ProcessKind, count: int) -> list[PooledProcess]:
         """Marks ``count`` idle processes of ``kind`` as leased."""
         with self._cond:
+            # is_alive() also catches a death whose pipe EOF is not yet read.
             idle = [
                 p
                 for p in self._procs.values()
-                if p.kind == kind and p.state == ProcessState.IDLE
+                if p.kind == kind and p.state == ProcessState.IDLE and p.proc.is_alive()
             ]
             if len(idle) < count:
                 total = sum(p.kind == kind for p in self._procs.values())
