@@ -40,7 +40,8 @@ class ControllerSettings:
     num_engine_hosts: int | None = None
     """Warm CPU-only processes that run EngineCore; default num_workers."""
     devices: list[int] | None = None
-    """GPU indices for the workers; None on CPU or for all visible GPUs."""
+    """GPU indices (visible) for the workers, assigned round-robin; None
+    means every visible GPU. Ignored on CPU."""
     memory_tolerance_bytes: int = 256 << 20
     """How far above its boot baseline a worker may stay after an unload
     before it is recycled (device memory on GPU, RSS growth on CPU)."""

@@ -73,8 +73,10 @@ class LoadResult:
     worker_pids: list[int]
     engine_host_pid: int
     timings_s: dict[str, float]
-    """Per phase: config, lease, weights, profile, kv_cache,
-    compile_and_warm_up, engine_init, client, total."""
+    """Wall time per phase: config (EngineArgs -> VllmConfig), lease,
+    weights (workers: Worker, process group, model runner, weights),
+    engine_init (EngineCore on the host, handshake included) with its parts
+    profile, kv_cache and compile_and_warm_up, client (AsyncLLM), total."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,11 @@ class WorkerController:
             (record.host,) = self.pool.lease(ProcessKind.ENGINE_HOST, 1)
             for p in (*record.workers, record.host):
                 p.model = record.name
+            if record.workers[0].device_index is not None:
+                # Rank i runs on the device of the i-th leased worker.
+                config.parallel_config.assigned_physical_gpu_ids = [
+                    w.device_index for w in record.workers
+                ]
         host = record.host
         with self._phase(record, "weights"):
             handle = host.channel.call(
@@ -204,7 +211,6 @@ class WorkerController:
                 get_distributed_init_method(get_loopback_ip(), get_open_port()),
                 handle,
             )
-        timings["weights"] = max(r["load_s"] for r in replies)
         with self._phase(record, "engine_init"):
             phases = self._start_engine(record, [r["response_handle"] for r in replies])
         timings.update(phases)

@@ -21,6 +21,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from vllm.logger import init_logger
+from vllm.platforms import current_platform
 from vllm.worker_controller.config import ControllerSettings
 from vllm.worker_controller.engine.core import run_engine_host
 from vllm.worker_controller.errors import InsufficientWorkersError
@@ -89,6 +90,8 @@ class ProcessPool:
     def start(self) -> None:
         """Spawns every process, then waits until all have booted."""
         devices = self.settings.devices
+        if devices is None and current_platform.is_cuda_alike():
+            devices = list(range(current_platform.device_count()))
         slots = [
             (ProcessKind.WORKER, i, devices[i % len(devices)] if devices else None)
             for i in range(self.settings.num_workers)

@@ -28,6 +28,7 @@ from vllm.distributed.parallel_state import (
 from vllm.logger import init_logger
 from vllm.platforms import current_platform
 from vllm.v1.executor.multiproc_executor import WorkerProc
+from vllm.v1.outputs import AsyncModelRunnerOutput
 from vllm.worker_controller.config import make_dummy_vllm_config
 from vllm.worker_controller.process import ControlServer, PooledProcessHandler
 from vllm.worker_controller.worker.model_runner import (
@@ -56,11 +57,30 @@ class PooledWorkerProc(WorkerProc):
     reaches its side of the barrier.
     """
 
+    def shutdown(self) -> None:
+        """Upstream's teardown, after ending the async-output thread.
+
+        Upstream's thread loops forever (its process would exit); here it
+        would keep the old Worker, and its device buffers, alive.
+        """
+        if (thread := getattr(self, "async_output_copy_thread", None)) is not None:
+            self.async_output_queue.put(_StopOutputThread())
+            thread.join(timeout=10)
+        super().shutdown()
+
     def wait_until_ready(self, released: threading.Event) -> None:
         """Upstream's MQ barrier, in its order, but abandonable."""
         for mq in (self.rpc_broadcast_mq, self.worker_response_mq):
             assert mq is not None
             _cancellable(mq.wait_until_ready, mq.local_socket, released)
+
+
+class _StopOutputThread(AsyncModelRunnerOutput):
+    """Queued last; upstream's loop catches ``Exception`` from
+    ``get_output``, so ``SystemExit`` ends the thread (quietly)."""
+
+    def get_output(self):
+        raise SystemExit
 
 
 def _cancellable(fn, sock: zmq.Socket, released: threading.Event) -> None:

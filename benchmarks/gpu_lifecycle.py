@@ -1,0 +1,158 @@
+# SPDX-License-Identifier: Apache-2.0
+"""GPU lifecycle check: vLLM defaults (torch.compile, CUDA graphs) in place.
+
+On one GPU: builds two random-weight bf16 models from their configs (a
+Qwen3-0.6B shape and a small Llama shape; no hub), takes each one's greedy
+tokens from a fresh stock ``LLM`` in a subprocess (which also warms the
+compile cache, as a real deployment's would be), then loads / generates /
+unloads the two models alternately ``--cycles`` times in the same pooled
+processes, checking tokens against stock and memory against the worker's
+boot baseline. Writes one JSON file with every cycle's figures.
+"""
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
+
+from vllm import SamplingParams
+from vllm.inputs import TokensPrompt
+from vllm.worker_controller import WorkerController
+
+HERE = Path(__file__).resolve().parent
+PROMPT_IDS = [1, 345, 2001, 77, 9000, 1234, 42, 4096]
+MAX_TOKENS = 32
+ENGINE_ARGS = {"skip_tokenizer_init": True, "max_model_len": 2048}
+SHAPES = {
+    "qwen3-0.6b": Qwen3Config(
+        vocab_size=151936,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=40960,
+        tie_word_embeddings=True,
+        torch_dtype="bfloat16",
+    ),
+    "llama-small": LlamaConfig(
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=8,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+        torch_dtype="bfloat16",
+    ),
+}
+
+STOCK = """
+import json, sys
+from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
+if __name__ == "__main__":
+    llm = LLM(model=sys.argv[1], **json.loads(sys.argv[2]))
+    out = llm.generate([TokensPrompt(prompt_token_ids=json.loads(sys.argv[3]))],
+                       SamplingParams(temperature=0, max_tokens=int(sys.argv[4]),
+                                      ignore_eos=True), use_tqdm=False)
+    print("STOCK " + json.dumps(list(out[0].outputs[0].token_ids)), flush=True)
+"""
+
+
+def build(name: str, root: Path) -> Path:
+    dest = root / name
+    if not (dest / "config.json").exists():
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            model = AutoModelForCausalLM.from_config(
+                SHAPES[name], torch_dtype=torch.bfloat16
+            )
+        model.save_pretrained(dest)
+        del model
+        torch.cuda.empty_cache()
+    return dest
+
+
+def stock_tokens(model: Path) -> tuple[list[int], float]:
+    start = time.perf_counter()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            STOCK,
+            str(model),
+            json.dumps(ENGINE_ARGS),
+            json.dumps(PROMPT_IDS),
+            str(MAX_TOKENS),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr[-4000:])
+        raise RuntimeError("stock LLM failed")
+    line = next(x for x in out.stdout.splitlines() if x.startswith("STOCK "))
+    return json.loads(line[6:]), time.perf_counter() - start
+
+
+async def generate(client) -> tuple[list[int], float]:
+    start = time.perf_counter()
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    final = None
+    async for out in client.generate(
+        TokensPrompt(prompt_token_ids=PROMPT_IDS), params, str(time.time())
+    ):
+        final = out
+    return list(final.outputs[0].token_ids), time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument("--models-dir", default="/tmp/wc-models")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    models = {name: build(name, Path(args.models_dir)) for name in SHAPES}
+    reference = {}
+    for name, path in models.items():
+        tokens, seconds = stock_tokens(path)
+        reference[name] = tokens
+        print(f"stock {name}: {seconds:.1f} s", flush=True)
+    report: dict = {"gpu": torch.cuda.get_device_name(), "cycles": []}
+    loop = asyncio.new_event_loop()
+    boot = time.perf_counter()
+    with WorkerController(num_workers=1) as controller:
+        report["pool_boot_s"] = time.perf_counter() - boot
+        report["workers"] = controller.list_workers()
+        for cycle in range(args.cycles):
+            name = list(models)[cycle % len(models)]
+            loaded = controller.load(str(models[name]), name=name, **ENGINE_ARGS)
+            tokens, first_s = loop.run_until_complete(
+                generate(controller.engine_client(name))
+            )
+            (worker,) = controller.unload(name).workers
+            record = {
+                "cycle": cycle,
+                "model": name,
+                "load_s": loaded.timings_s,
+                "first_output_s": first_s,
+                "tokens_match_stock": tokens == reference[name],
+                "growth_bytes": worker["growth_bytes"],
+                "recycled": worker["recycled"],
+                "worker_pid": worker["pid"],
+            }
+            report["cycles"].append(record)
+            print(json.dumps(record), flush=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
