@@ -79,13 +79,16 @@ async def first_output(client) -> list[int]:
     return list(final.outputs[0].token_ids)
 
 
-def run_warm(controller: WorkerController, model: str, engine_args: dict) -> dict:
+def run_warm(
+    controller: WorkerController,
+    loop: asyncio.AbstractEventLoop,
+    model: str,
+    engine_args: dict,
+) -> dict:
     start = time.perf_counter()
     loaded = controller.load(model, name="bench", **engine_args)
     ready = time.perf_counter()
-    tokens = asyncio.new_event_loop().run_until_complete(
-        first_output(controller.engine_client("bench"))
-    )
+    tokens = loop.run_until_complete(first_output(controller.engine_client("bench")))
     done = time.perf_counter()
     controller.unload("bench")
     phases = {k: v for k, v in loaded.timings_s.items() if k != "total"}
@@ -193,11 +196,12 @@ def main() -> None:
     with WorkerController(num_workers=1) as controller:
         boot = {"pool_boot_s": time.perf_counter() - boot_start, "num_workers": 1}
         records = []
+        loop = asyncio.new_event_loop()
         for model in models:
             stock, warm = [], []
             for i in range(args.runs):
                 stock.append(run_stock(model, engine_args))
-                warm.append(run_warm(controller, model, engine_args))
+                warm.append(run_warm(controller, loop, model, engine_args))
                 assert stock[-1]["token_ids"] == warm[-1]["token_ids"], (stock, warm)
                 print(
                     f"{Path(model).name} run {i + 1}: stock "

@@ -114,6 +114,15 @@ async def generate(client) -> tuple[list[int], float]:
     return list(final.outputs[0].token_ids), time.perf_counter() - start
 
 
+def gpu_processes() -> str:
+    """Which processes hold device memory (engine hosts must not)."""
+    return subprocess.run(
+        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv"],
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=20)
@@ -132,6 +141,7 @@ def main() -> None:
     with WorkerController(num_workers=1) as controller:
         report["pool_boot_s"] = time.perf_counter() - boot
         report["workers"] = controller.list_workers()
+        report["gpu_processes_at_boot"] = gpu_processes()
         for cycle in range(args.cycles):
             name = list(models)[cycle % len(models)]
             loaded = controller.load(str(models[name]), name=name, **ENGINE_ARGS)
@@ -151,6 +161,9 @@ def main() -> None:
             }
             report["cycles"].append(record)
             print(json.dumps(record), flush=True)
+            Path(args.out).write_text(json.dumps(report, indent=2))
+        report["gpu_processes_at_end"] = gpu_processes()
+        report["workers_at_end"] = controller.list_workers()
     Path(args.out).write_text(json.dumps(report, indent=2))
 
 
