@@ -99,6 +99,9 @@ def stock_tokens(model: Path) -> tuple[list[int], float]:
     if out.returncode != 0:
         sys.stderr.write(out.stderr[-4000:])
         raise RuntimeError("stock LLM failed")
+    for x in (out.stdout + out.stderr).splitlines():
+        if any(k in x for k in ("cache directory", "took", "Graph capturing")):
+            print("  stock:", x[-200:], flush=True)
     line = next(x for x in out.stdout.splitlines() if x.startswith("STOCK "))
     return json.loads(line[6:]), time.perf_counter() - start
 

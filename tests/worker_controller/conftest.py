@@ -15,9 +15,11 @@ from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
-# Before vLLM is imported: small KV caches, no OpenMP binding on 2 cores.
+# Before vLLM is imported: small KV caches, no OpenMP binding on 2 cores,
+# and (where a test compiles) Dynamo with the eager backend, not Inductor.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+os.environ.setdefault("VLLM_CPU_CI_ENV", "1")
 
 import psutil
 import pytest

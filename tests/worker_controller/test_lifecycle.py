@@ -44,6 +44,7 @@ def test_load_generate_unload_reload_same_process(controller, tiny_models, greed
         results.append(loaded)
         unloaded = controller.unload("qwen")
         assert [w["recycled"] for w in unloaded.workers] == [False]
+        assert [w["leaked"] for w in unloaded.workers] == [[]]
         assert controller.list_models() == []
     assert results[0].worker_pids == results[1].worker_pids
     assert results[0].engine_host_pid == results[1].engine_host_pid
@@ -119,7 +120,7 @@ def test_churn_memory_stays_bounded(controller, tiny_models, greedy):
         pids.update(loaded.worker_pids)
         assert greedy("churn", PROMPT, 8) == expected[kind]
         (report,) = controller.unload("churn").workers
-        assert not report["recycled"]
+        assert not report["recycled"] and report["leaked"] == []
         growth.append(report["growth_bytes"])
     assert len(pids) == 1
     tolerance = controller.settings.memory_tolerance_bytes
@@ -131,3 +132,14 @@ def test_churn_memory_stays_bounded(controller, tiny_models, greedy):
     assert pool_pids(controller) == pids_before
     assert child_pids() == pids_before
     assert all(w["state"] == "idle" for w in controller.list_workers())
+
+
+def test_compiled_model_is_fully_released(controller, tiny_models, greedy):
+    """With torch.compile on (no enforce_eager), unload must drop Dynamo's
+    process-global hooks too, or the model and its KV cache stay alive."""
+    args = {**TINY_ARGS, "enforce_eager": False}
+    for kind in ("llama", "qwen3"):
+        controller.load(str(tiny_models[kind]), name="compiled", **args)
+        assert greedy("compiled", PROMPT) == hf_greedy(tiny_models[kind], PROMPT, 16)
+        (report,) = controller.unload("compiled").workers
+        assert report["leaked"] == [] and not report["recycled"], report

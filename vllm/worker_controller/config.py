@@ -93,7 +93,9 @@ def build_engine_config(
             distributed_executor_backend=executor_class,
             **engine_args,
         )
-        return args.create_engine_config(UsageContext.ENGINE_CONTEXT)
+        # The server context gives `vllm serve`'s defaults (batch sizes,
+        # hence compile ranges and graph sizes, hence compile-cache keys).
+        return args.create_engine_config(UsageContext.OPENAI_API_SERVER)
     except pydantic.ValidationError as e:
         # Errors located at a field are bad arguments; model-level ones
         # (such as an unsupported architecture) are the model's.

@@ -341,15 +341,18 @@ class WorkerController:
             w.last_unload = report
             # A worker whose load failed has already torn itself down.
             clean = w.serving is None or (
-                report is not None and report["growth_bytes"] <= tolerance
+                report is not None
+                and report["growth_bytes"] <= tolerance
+                and not report["leaked"]
             )
             if report is not None and not clean:
                 logger.warning(
-                    "Worker %s stays %.1f MiB above its boot baseline after "
-                    "unload (tolerance %.1f MiB)",
+                    "Worker %s did not get back to its boot state: %.1f MiB "
+                    "above baseline (tolerance %.1f MiB), still alive: %s",
                     w.name,
                     report["growth_bytes"] / 2**20,
                     tolerance / 2**20,
+                    report["leaked"] or "nothing",
                 )
             self._give_back_or_recycle(w, clean)
             reports.append({"pid": w.pid, "recycled": not clean, **(report or {})})

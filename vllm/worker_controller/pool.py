@@ -105,20 +105,31 @@ class ProcessPool:
             self._await_boot(p, started)
 
     def lease(self, kind: ProcessKind, count: int) -> list[PooledProcess]:
-        """Marks ``count`` idle processes of ``kind`` as leased."""
+        """Marks ``count`` idle processes of ``kind`` as leased.
+
+        Fails at once if the pool cannot have that many free processes;
+        waits (up to the boot timeout) while replacements of dead ones boot.
+        """
+        deadline = time.monotonic() + self.settings.boot_timeout_s
         with self._cond:
-            # is_alive() also catches a death whose pipe EOF is not yet read.
-            idle = [
-                p
-                for p in self._procs.values()
-                if p.kind == kind and p.state == ProcessState.IDLE and p.proc.is_alive()
-            ]
-            if len(idle) < count:
-                total = sum(p.kind == kind for p in self._procs.values())
-                raise InsufficientWorkersError(
-                    f"Need {count} idle {kind.value}(s) but only {len(idle)} "
-                    f"of {total} are idle; unload a model or start a larger pool"
-                )
+            while True:
+                slots = [p for p in self._procs.values() if p.kind == kind]
+                # is_alive() also catches a death whose pipe EOF is unread.
+                idle = [
+                    p
+                    for p in slots
+                    if p.state == ProcessState.IDLE and p.proc.is_alive()
+                ]
+                if len(idle) >= count:
+                    break
+                free = [p for p in slots if p.state != ProcessState.LEASED]
+                if len(free) < count or time.monotonic() >= deadline:
+                    raise InsufficientWorkersError(
+                        f"Need {count} idle {kind.value}(s) but only {len(idle)} "
+                        f"of {len(slots)} are idle; unload a model or start a "
+                        "larger pool"
+                    )
+                self._cond.wait(min(1.0, deadline - time.monotonic()))
             leased = sorted(idle, key=lambda p: p.index)[:count]
             for p in leased:
                 p.state = ProcessState.LEASED

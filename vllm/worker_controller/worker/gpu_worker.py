@@ -11,9 +11,11 @@ the worker; then ``unload_model`` tears everything down and checks that
 memory is back at the boot baseline.
 """
 
+import os
 import signal
 import threading
 import time
+import weakref
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -32,7 +34,10 @@ from vllm.v1.outputs import AsyncModelRunnerOutput
 from vllm.worker_controller.config import make_dummy_vllm_config
 from vllm.worker_controller.process import ControlServer, PooledProcessHandler
 from vllm.worker_controller.worker.model_runner import (
+    leak_probes,
     memory_in_use,
+    memory_summary,
+    referrer_chains,
     release_compiled_model,
     release_memory,
     reset_process_state,
@@ -188,8 +193,10 @@ class PooledWorker(PooledProcessHandler):
         self.state = "unloading"
         start = time.perf_counter()
         proc, self.proc = self.proc, None
+        probes: dict[str, weakref.ref] = {}
         if proc is not None:
             worker = getattr(proc.worker, "worker", None)
+            probes = leak_probes(worker)
             release_compiled_model(worker)
             proc.shutdown()
             del proc, worker
@@ -197,13 +204,22 @@ class PooledWorker(PooledProcessHandler):
         destroy_model_parallel()
         destroy_distributed_environment()
         reset_process_state()
+        # Memory figures alone can miss a leak (untouched pages are not in
+        # RSS); a surviving runner, model or KV tensor cannot hide.
+        leaked = [what for what, ref in probes.items() if ref() is not None]
+        if leaked and os.environ.get("VLLM_WC_DEBUG_LEAKS") == "1":
+            for what in leaked:
+                for chain in referrer_chains(probes[what]()):
+                    logger.warning("Unloaded %s still referenced: %s", what, chain)
         in_use = memory_in_use()
+        logger.info("Worker %d unloaded: %s", self.index, memory_summary())
         self.state = "idle"
         return {
             "unload_s": time.perf_counter() - start,
             "baseline_bytes": self.baseline_bytes,
             "memory_bytes": in_use,
             "growth_bytes": in_use - self.baseline_bytes,
+            "leaked": leaked,
         }
 
 

@@ -13,18 +13,17 @@ that the unload check compares against the boot baseline.
 
 import ctypes
 import gc
+import weakref
+from types import FrameType, ModuleType
 
 import psutil
 import torch
 
 import vllm.envs as envs
 from vllm.compilation.breakable_cudagraph import BreakableCUDAGraphWrapper
+from vllm.compilation.counter import compilation_counter
 from vllm.compilation.cuda_graph import CUDAGraphWrapper
-from vllm.compilation.wrapper import (
-    TorchCompileWithNoGuardsWrapper,
-    reset_compile_wrapper,
-)
-from vllm.config import set_current_vllm_config
+from vllm.compilation.wrapper import TorchCompileWithNoGuardsWrapper
 from vllm.distributed import parallel_state
 from vllm.logger import init_logger
 from vllm.model_executor.layers.mamba import mamba_utils
@@ -40,19 +39,23 @@ logger = init_logger(__name__)
 def release_compiled_model(worker) -> None:
     """Drops the compile state that pins the worker's model.
 
-    Must run before ``model_runner.shutdown()``, which forgets the model:
-    the Dynamo bytecode hooks live on the compiled modules themselves.
+    Must run before ``model_runner.shutdown()``, which forgets the model.
+    Each compiled module registered a bound method in Dynamo's
+    process-global bytecode-hook registry; left there, it keeps the module,
+    and through its attention layers the whole KV cache, alive. (Upstream's
+    ``reset_compile_wrapper`` is for recompiling in place: it re-runs the
+    wrapper's ``__init__`` and so registers a fresh hook; not a teardown.)
     """
     runner = getattr(worker, "model_runner", None)
-    model = getattr(runner, "model", None) if runner is not None else None
-    if model is None:
+    if runner is None or getattr(runner, "model", None) is None:
         return
-    model = runner.get_model()
-    for module in model.modules():
+    for module in runner.get_model().modules():
         if isinstance(module, TorchCompileWithNoGuardsWrapper):
             module.cleanup()
-    with set_current_vllm_config(worker.vllm_config):
-        reset_compile_wrapper(model)
+            # The class's forward is shared with the next model of the
+            # same architecture: leave it as the source defined it.
+            type(module).forward.__code__ = module.original_code_object()
+    compilation_counter.__init__()  # back to a fresh process's counts
 
 
 def reset_process_state() -> None:
@@ -112,3 +115,76 @@ def _cumem_bytes() -> int:
     if allocator is None:
         return 0
     return sum(data.handle[1] for data in allocator.pointer_to_data.values())
+
+
+def leak_probes(worker) -> dict[str, weakref.ref]:
+    """Weak references to what an unload must free (``VLLM_WC_DEBUG_LEAKS``)."""
+    runner = worker.model_runner
+    probes = {"model runner": weakref.ref(runner)}
+    if getattr(runner, "model", None) is not None:
+        probes["model"] = weakref.ref(runner.get_model())
+    if kv_caches := getattr(runner, "kv_caches", None):
+        probes["KV cache tensor"] = weakref.ref(kv_caches[0])
+    return probes
+
+
+def memory_summary() -> str:
+    if current_platform.is_cpu():
+        return f"rss {memory_in_use() / 2**30:.2f} GiB"
+    return (
+        f"allocated {torch.cuda.memory_allocated() / 2**30:.2f} GiB, "
+        f"reserved {torch.cuda.memory_reserved() / 2**30:.2f} GiB, "
+        f"cumem {_cumem_bytes() / 2**30:.2f} GiB"
+    )
+
+
+def _keys_of(d: dict, value: object) -> list:
+    """Keys under which ``d`` holds ``value`` (a plain loop: a comprehension
+    would put ``value`` in a closure cell, itself a referrer)."""
+    keys = []
+    for k, v in d.items():
+        if v is value:
+            keys.append(k)
+    return keys[:2]
+
+
+def referrer_chains(obj: object, depth: int = 30, width: int = 2) -> list[str]:
+    """Who keeps ``obj`` alive: referrer type chains, for leak hunting.
+
+    Used by the worker when ``VLLM_WC_DEBUG_LEAKS=1`` and an unloaded
+    model's runner survives the teardown. Module-level objects end a chain.
+    """
+    chains: list[str] = []
+    seen = {id(obj)}
+
+    def walk(target: object, path: list[str]) -> None:
+        found = gc.get_referrers(target)
+        seen.add(id(found))
+        referrers = [
+            r
+            for r in found
+            if id(r) not in seen
+            and not (isinstance(r, FrameType) and r.f_code in own_code)
+            and type(r).__name__ != "list_iterator"
+        ]
+        batch = referrers[:width]
+        seen.update((id(referrers), id(batch)))
+        if len(path) > depth or not referrers or isinstance(target, ModuleType):
+            chains.append(" <- ".join(path))
+            return
+        for r in batch:
+            seen.add(id(r))
+            name = type(r).__qualname__
+            if isinstance(r, dict):
+                name = f"dict{_keys_of(r, target)}"
+            elif isinstance(r, ModuleType):
+                name = f"module {r.__name__}"
+            elif isinstance(r, FrameType):
+                name = f"frame {r.f_code.co_qualname} ({r.f_code.co_filename})"
+            elif callable(r) and hasattr(r, "__qualname__"):
+                name = f"{type(r).__name__} {r.__qualname__}"
+            walk(r, [*path, name])
+
+    own_code = {walk.__code__, referrer_chains.__code__}
+    walk(obj, [type(obj).__qualname__])
+    return chains
