@@ -49,9 +49,16 @@ def release_compiled_model(worker) -> None:
     runner = getattr(worker, "model_runner", None)
     if runner is None or getattr(runner, "model", None) is None:
         return
+    hooks = torch._dynamo.convert_frame._bytecode_hooks
     for module in runner.get_model().modules():
         if isinstance(module, TorchCompileWithNoGuardsWrapper):
             module.cleanup()
+            # A decorated subclass of a decorated class (Qwen3Model of
+            # Qwen2Model) runs the wrapper's __init__ twice: two hooks, and
+            # cleanup() only knows the last one.
+            for key, hook in list(hooks.items()):
+                if getattr(hook, "__self__", None) is module:
+                    del hooks[key]
             # The class's forward is shared with the next model of the
             # same architecture: leave it as the source defined it.
             type(module).forward.__code__ = module.original_code_object()
@@ -63,6 +70,9 @@ def reset_process_state() -> None:
     torch.compiler.reset()
     CUDAGraphWrapper.clear_all_graphs()
     BreakableCUDAGraphWrapper.clear_all_graphs()
+    # The platform's graph-pool handle is process-global; its pool dies with
+    # the old graphs, and capturing into it again trips an allocator assert.
+    type(current_platform)._global_graph_pool = None
     selector._cached_get_attn_backend.cache_clear()
     selector._cached_get_mamba_attn_backend.cache_clear()
     set_kv_cache_layout(None)
@@ -94,6 +104,9 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     else:
         torch.accelerator.synchronize()
+        # cuBLAS keeps a workspace per stream it has seen; each model's
+        # runner brings new streams, so these pile up across loads.
+        torch._C._cuda_clearCublasWorkspaces()
         torch.accelerator.empty_cache()
 
 
