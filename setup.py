@@ -1,4 +1,4 @@
-"""vllm-worker-controller: a warm worker pool for vLLM, installed as vllm.worker_controller.
+"""vllm-worker-controller: a warm worker pool, installed as vllm.worker_controller.
 
 Only our subpackages are listed (never ``vllm`` itself), so setuptools'
 editable install maps ``vllm.worker_controller`` next to upstream's regular

@@ -91,6 +91,8 @@ def run_warm(
     tokens = loop.run_until_complete(first_output(controller.engine_client("bench")))
     done = time.perf_counter()
     controller.unload("bench")
+    # Let the loop run the client's cancelled output handler to its end.
+    loop.run_until_complete(asyncio.sleep(0))
     phases = {k: v for k, v in loaded.timings_s.items() if k != "total"}
     phases["first_output"] = done - ready
     return {
@@ -151,9 +153,7 @@ def write_markdown(path: Path, info: dict, records: list[dict], boot: dict) -> N
         ]
         for m in {r["model"] for r in records}
     }
-    text = f"""# Benchmarks
-
-## CPU: stock cold start vs warm-pool load
+    text = f"""## CPU: stock cold start vs warm-pool load
 
 Produced by `make bench-cpu` (`benchmarks/bench_cpu_startup.py`); raw records in
 `benchmarks/results/{path.name}`. Machine: {info["cpu"]}, {info["cores"]} cores,
@@ -181,7 +181,19 @@ a pooled worker pays that once per process, so the first warm load is
 slower than the following ones (see `runs s`). GPU figures are measured
 separately on an H100/H200 (issue #4).
 """
-    Path(HERE.parent / "docs" / "benchmarks.md").write_text(text)
+    replace_section(HERE.parent / "docs" / "benchmarks.md", "cpu-startup", text)
+
+
+def replace_section(path: Path, name: str, text: str) -> None:
+    """Rewrites one marked section of a shared results page, keeping the rest."""
+    begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+    block = f"{begin}\n{text}{end}"
+    page = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    if begin in page:
+        page = page[: page.index(begin)] + block + page[page.index(end) + len(end) :]
+    else:
+        page = page.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(page)
 
 
 def main() -> None:

@@ -93,6 +93,8 @@ def main() -> None:
                 flush=True,
             )
             controller.unload("model")
+            # Let the loop run the client's cancelled output handler to its end.
+            loop.run_until_complete(asyncio.sleep(0))
 
 
 if __name__ == "__main__":

@@ -141,8 +141,6 @@ class PooledWorker(PooledProcessHandler):
         assert self.proc is None, "worker is already loaded"
         self._released.clear()
         self.state = "loading"
-        if self.device_index is not None:
-            vllm_config.parallel_config.assigned_physical_gpu_ids = [self.device_index]
         start = time.perf_counter()
         try:
             self.proc = PooledWorkerProc(
