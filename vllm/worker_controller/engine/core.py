@@ -57,6 +57,12 @@ class PooledEngineCoreProc(EngineCoreProc):
             return f"{type(e).__name__}: {e}"
         finally:
             self.shutdown()
+            # Upstream's socket IO threads loop for the life of their
+            # process and hold this object. Drop its state so the scheduler,
+            # executor and shared-memory queues are freed now; the idle
+            # threads stay (they touch the object only when a message comes,
+            # and the front end is closed after an unload).
+            vars(self).clear()
         return None
 
 
