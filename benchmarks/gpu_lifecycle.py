@@ -152,6 +152,8 @@ def main() -> None:
                 generate(controller.engine_client(name))
             )
             (worker,) = controller.unload(name).workers
+            # Let the loop run the client's cancelled output handler to its end.
+            loop.run_until_complete(asyncio.sleep(0))
             record = {
                 "cycle": cycle,
                 "model": name,
