@@ -1,8 +1,29 @@
 # SPDX-License-Identifier: Apache-2.0
 """(g) The demo model (SmolLM2-135M-Instruct from PyPI) answers correctly."""
 
+import uuid
+
+from vllm import SamplingParams
+from vllm.inputs import TokensPrompt
 from vllm.worker_controller.demo_model import ensure_demo_model
-from vllm.worker_controller.serve import chat
+
+
+async def chat(client, prompt: str, max_tokens: int) -> str:
+    """One greedy chat turn through the model's own chat template."""
+    tokenizer = client.get_tokenizer()
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    params = SamplingParams(temperature=0, max_tokens=max_tokens)
+    final = None
+    async for out in client.generate(
+        TokensPrompt(prompt_token_ids=ids), params, uuid.uuid4().hex
+    ):
+        final = out
+    return final.outputs[0].text
 
 
 def test_demo_model_knows_the_capital_of_france(controller, loop):

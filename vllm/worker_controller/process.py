@@ -112,4 +112,7 @@ class ControlServer:
 
     def _reply(self, reply: ControlReply) -> None:
         with self._send_lock:
-            self._conn.send(reply)
+            try:
+                self._conn.send(reply)
+            except OSError:  # BrokenPipeError: as for EOF in _read_loop
+                os._exit(0)

@@ -1,109 +1,117 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``python -m vllm.worker_controller.serve``: the warm pool from the command line.
+"""``python -m vllm.worker_controller.serve [MODEL ...]``: many models, one port.
 
-Until the OpenAI-compatible front door lands, this is a demonstration of
-the product's point: it starts a warm pool, loads a model (the SmolLM2 demo
-model by default), answers a chat prompt, unloads it and loads it again in
-the same processes, printing where the time went each time.
+Takes ``vllm serve``'s flags (vLLM's own parser: engine flags become every
+model's defaults), plus the pool's. MODEL arguments are loaded at start;
+with none, the SmolLM2 demo model is. Requests are routed by their
+``model`` field to that model's vLLM OpenAI app (see ``router.py``).
 """
 
-import argparse
 import asyncio
-import json
-import time
-import uuid
+import dataclasses
+from argparse import Namespace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-from vllm import SamplingParams
-from vllm.inputs import TokensPrompt
+import uvicorn
+
+from vllm.engine.arg_utils import EngineArgs
+from vllm.entrypoints.openai.cli_args import make_arg_parser
 from vllm.logger import init_logger
 from vllm.platforms import current_platform
+from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.worker_controller.controller import WorkerController
 from vllm.worker_controller.demo_model import ensure_demo_model
+from vllm.worker_controller.router import ModelRouter
 
 logger = init_logger(__name__)
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m vllm.worker_controller.serve",
-        description="Warm vLLM worker pool: load, answer, unload and reload a "
-        "model in place, without restarting processes.",
+class _Server(uvicorn.Server):
+    """uvicorn re-raises a captured SIGTERM/SIGINT once it has stopped, which
+    would end the process before the pool is unloaded; the caller's
+    ``finally`` does that instead, then exits normally."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
+
+
+def make_parser() -> FlexibleArgumentParser:
+    parser = make_arg_parser(
+        FlexibleArgumentParser(
+            prog="python -m vllm.worker_controller.serve",
+            description="Serve many vLLM models behind one OpenAI-compatible "
+            "port from a pool of warm worker processes. Engine flags are "
+            "`vllm serve`'s and apply to every model.",
+        )
     )
-    parser.add_argument(
-        "model", nargs="?", help="model path (default: the SmolLM2 demo model)"
-    )
-    parser.add_argument("--num-workers", type=int, default=1)
-    parser.add_argument("--prompt", default="What is the capital of France?")
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--max-model-len", type=int, default=2048)
-    parser.add_argument(
-        "--enforce-eager",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="default: on for CPU (vLLM's CPU compile takes a minute here and, "
-        "for the demo model, changes its greedy answer exactly as stock vLLM "
-        "does), off on GPU",
-    )
-    parser.add_argument("--cycles", type=int, default=2, help="load/unload cycles")
+    # vLLM's parser takes one positional model (model_tag); we take more.
+    parser.add_argument("models", nargs="*", help="more models to load at start")
+    group = parser.add_argument_group("worker pool")
+    group.add_argument("--num-workers", type=int, default=1)
+    group.add_argument("--num-engine-hosts", type=int, default=None)
+    parser.set_defaults(host="127.0.0.1")
     return parser
 
 
-async def chat(client, prompt: str, max_tokens: int) -> str:
-    tokenizer = client.get_tokenizer()
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}],
-        add_generation_prompt=True,
-        tokenize=False,
+def engine_args_from(args: Namespace, defaults: Namespace) -> dict:
+    """The engine flags the user set: vLLM's ``EngineArgs`` fields only."""
+    fields = {f.name for f in dataclasses.fields(EngineArgs)} - {
+        "model",
+        "served_model_name",
+    }
+    return {
+        k: v for k, v in vars(args).items() if k in fields and v != vars(defaults)[k]
+    }
+
+
+async def serve(args: Namespace, engine_args: dict) -> None:
+    requested = [m for m in (args.model_tag, *args.models) if m]
+    models = requested or [str(ensure_demo_model())]
+    if not requested and current_platform.is_cpu():
+        # vLLM's CPU compile takes a minute and, for this 4-bit-derived
+        # model, changes its greedy answer (stock vLLM does the same).
+        engine_args.setdefault("enforce_eager", True)
+    controller = WorkerController(
+        num_workers=args.num_workers, num_engine_hosts=args.num_engine_hosts
     )
-    tokens = TokensPrompt(
-        prompt_token_ids=tokenizer.encode(text, add_special_tokens=False)
-    )
-    final = None
-    async for out in client.generate(
-        tokens, SamplingParams(temperature=0, max_tokens=max_tokens), uuid.uuid4().hex
-    ):
-        final = out
-    return final.outputs[0].text
+    await asyncio.to_thread(controller.start)
+    router = ModelRouter(controller, args)
+    try:
+        for model in models:
+            name = Path(model).name if Path(model).exists() else model
+            loaded = await router.add(name, model, engine_args)
+            logger.info(
+                "Serving %r (ready in %.1f s)", name, loaded["timings_s"]["total"]
+            )
+        url = f"http://{args.host}:{args.port}"
+        print(
+            f"Serving {', '.join(m['name'] for m in controller.list_models())} at "
+            f"{url}\n  curl {url}/v1/chat/completions -H 'Content-Type: "
+            f'application/json\' -d \'{{"model": "{Path(models[0]).name}", '
+            '"messages": [{"role": "user", "content": "What is the capital of '
+            "France?\"}]}'",
+            flush=True,
+        )
+        config = uvicorn.Config(
+            router, host=args.host, port=args.port, log_level="info"
+        )
+        await _Server(config).serve()
+    finally:
+        await asyncio.to_thread(controller.shutdown)
 
 
 def main() -> None:
-    args = make_parser().parse_args()
-    model = args.model or str(ensure_demo_model())
-    eager = (
-        current_platform.is_cpu() if args.enforce_eager is None else args.enforce_eager
-    )
-    engine_args = dict(max_model_len=args.max_model_len, enforce_eager=eager)
-    start = time.perf_counter()
-    with WorkerController(num_workers=args.num_workers) as controller:
-        print(
-            f"warm pool of {args.num_workers} worker(s) up in "
-            f"{time.perf_counter() - start:.1f} s",
-            flush=True,
-        )
-        loop = asyncio.new_event_loop()
-        for cycle in range(1, args.cycles + 1):
-            loaded = controller.load(model, name="model", **engine_args)
-            t0 = time.perf_counter()
-            answer = loop.run_until_complete(
-                chat(controller.engine_client("model"), args.prompt, args.max_tokens)
-            )
-            print(
-                json.dumps(
-                    {
-                        "cycle": cycle,
-                        "worker_pids": loaded.worker_pids,
-                        "load_s": {k: round(v, 3) for k, v in loaded.timings_s.items()},
-                        "first_answer_s": round(time.perf_counter() - t0, 3),
-                        "prompt": args.prompt,
-                        "answer": answer,
-                    },
-                    indent=2,
-                ),
-                flush=True,
-            )
-            controller.unload("model")
-            # Let the loop run the client's cancelled output handler to its end.
-            loop.run_until_complete(asyncio.sleep(0))
+    parser = make_parser()
+    args = parser.parse_args()
+    defaults = parser.parse_args([])
+    asyncio.run(serve(args, engine_args_from(args, defaults)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,137 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The front door: a real server process, two models on one port, through
+vLLM's own OpenAI serving layer (driven with httpx and the openai client)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from tests.worker_controller.models import hf_greedy
+
+PROMPT = "The quick brown fox"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models):
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vllm.worker_controller.serve",
+            str(tiny_models["qwen3"]),
+            str(tiny_models["opt"]),
+            "--num-workers=2",
+            f"--port={port}",
+            "--dtype=float32",
+            "--enforce-eager",
+            "--max-model-len=256",
+            "--max-num-seqs=4",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        assert proc.poll() is None, "server exited during start-up"
+        assert time.monotonic() < deadline, "server did not start"
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(1)
+    yield proc, url
+    if proc.poll() is None:
+        proc.kill()
+
+
+def test_models_listed(server):
+    _, url = server
+    cards = httpx.get(f"{url}/v1/models").json()["data"]
+    assert {(c["id"], c["state"]) for c in cards} == {
+        ("qwen3", "ready"),
+        ("opt", "ready"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "opt"])
+def test_completions_match_hf(server, tiny_models, kind):
+    _, url = server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none")
+    out = client.completions.create(
+        model=kind,
+        prompt=PROMPT,
+        max_tokens=12,
+        temperature=0,
+        extra_body={"ignore_eos": True, "return_token_ids": True},
+    )
+    assert out.model == kind
+    assert out.choices[0].token_ids == hf_greedy(tiny_models[kind], PROMPT, 12)
+
+
+def test_streaming_and_chat(server):
+    _, url = server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none")
+    full = (
+        client.completions.create(
+            model="qwen3", prompt=PROMPT, max_tokens=6, temperature=0
+        )
+        .choices[0]
+        .text
+    )
+    chunks = client.completions.create(
+        model="qwen3", prompt=PROMPT, max_tokens=6, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in chunks) == full
+    chat = client.chat.completions.create(
+        model="opt",
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=5,
+        temperature=0,
+    )
+    assert chat.model == "opt" and chat.choices[0].finish_reason == "length"
+
+
+def test_errors(server):
+    _, url = server
+    missing = httpx.post(f"{url}/v1/completions", json={"model": "nope", "prompt": "x"})
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "NotFoundError"
+    malformed = httpx.post(
+        f"{url}/v1/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
+    assert malformed.status_code == 400
+    bad = httpx.post(
+        f"{url}/v1/completions",
+        json={"model": "qwen3", "prompt": "x", "max_tokens": -3},
+    )
+    assert bad.status_code == 400
+    assert "max_tokens" in json.dumps(bad.json())
+
+
+def test_sigterm_leaves_no_process(server):
+    proc, _ = server
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert len(children) >= 4  # 2 workers + 2 engine hosts (+ resource tracker)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    gone, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, alive
