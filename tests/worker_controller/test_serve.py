@@ -26,23 +26,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_models):
+TINY_FLAGS = [
+    "--dtype=float32",
+    "--enforce-eager",
+    "--max-model-len=256",
+    "--max-num-seqs=4",
+]
+
+
+def start_server(*flags: str) -> tuple[subprocess.Popen, str]:
+    """A real ``serve`` process; returns it and its URL once healthy."""
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vllm.worker_controller.serve",
-            str(tiny_models["qwen3"]),
-            str(tiny_models["opt"]),
-            "--num-workers=2",
-            f"--port={port}",
-            "--dtype=float32",
-            "--enforce-eager",
-            "--max-model-len=256",
-            "--max-num-seqs=4",
-        ],
+        [sys.executable, "-m", "vllm.worker_controller.serve", f"--port={port}"]
+        + TINY_FLAGS
+        + list(flags),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -53,9 +51,16 @@ def server(tiny_models):
         assert time.monotonic() < deadline, "server did not start"
         try:
             if httpx.get(f"{url}/health").status_code == 200:
-                break
+                return proc, url
         except httpx.TransportError:
             time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models):
+    proc, url = start_server(
+        str(tiny_models["qwen3"]), str(tiny_models["opt"]), "--num-workers=2"
+    )
     yield proc, url
     if proc.poll() is None:
         proc.kill()

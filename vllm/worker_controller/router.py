@@ -10,15 +10,17 @@ spans models (``GET /v1/models``, unknown models, ``/health``).
 
 import asyncio
 import json
+import time
 from argparse import Namespace
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vllm.entrypoints.openai.api_server import build_app, init_app_state
 from vllm.entrypoints.openai.engine.protocol import ErrorInfo, ErrorResponse
+from vllm.entrypoints.serve.utils.server_utils import AuthenticationMiddleware
 from vllm.logger import init_logger
 from vllm.worker_controller.controller import WorkerController
 
@@ -27,22 +29,73 @@ logger = init_logger(__name__)
 
 @dataclass
 class _Served:
-    app: FastAPI
+    app: ASGIApp
     model: str
+    in_flight: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class ModelUnavailable(Exception):
+    """No worker could be freed for a model within the wait budget."""
 
 
 class ModelRouter:
-    """ASGI app: dispatches OpenAI requests to per-model vLLM apps."""
+    """ASGI app: dispatches OpenAI requests to per-model vLLM apps.
 
-    def __init__(self, controller: WorkerController, args: Namespace):
+    A request for a model that is not loaded but lies under
+    ``allowed_model_dir`` loads it first (concurrent requests share one
+    load); when workers or ``max_loaded_models`` run out, the least recently
+    used idle model is unloaded to make room.
+    """
+
+    def __init__(
+        self,
+        controller: WorkerController,
+        args: Namespace,
+        engine_args: dict[str, Any],
+        allowed_model_dir: Path | None = None,
+        max_loaded_models: int | None = None,
+        load_wait_s: float = 30.0,
+    ):
         self.controller = controller
         self.args = args
+        self.engine_args = engine_args
+        self.allowed_model_dir = allowed_model_dir
+        self.max_loaded_models = max_loaded_models
+        self.load_wait_s = load_wait_s
         self._served: dict[str, _Served] = {}
+        self._loading: dict[str, asyncio.Task] = {}
+        self._openai: ASGIApp = self._openai_endpoints
+        if args.api_key:
+            self._openai = AuthenticationMiddleware(self._openai, args.api_key)
+        self._management: ASGIApp | None = None
 
-    async def add(self, name: str, model: str, engine_args: dict[str, Any]) -> dict:
-        """Loads ``model`` as ``name`` and builds its OpenAI app."""
+    def set_management(self, app: ASGIApp) -> None:
+        self._management = app
+
+    def resolve(self, name: str) -> str | None:
+        """The path a model name may be loaded from, or None."""
+        if self.allowed_model_dir is None or "/" in name or name.startswith("."):
+            return None
+        path = self.allowed_model_dir / name
+        return str(path) if (path / "config.json").is_file() else None
+
+    def is_allowed(self, model: str) -> bool:
+        if self.allowed_model_dir is None:
+            return False
+        root = self.allowed_model_dir.resolve()
+        return Path(model).resolve().is_relative_to(root)
+
+    async def add(
+        self, name: str, model: str, engine_args: dict[str, Any] | None = None
+    ) -> dict:
+        """Loads ``model`` as ``name`` (making room first) and serves it."""
+        await self._make_room()
         loaded = await asyncio.to_thread(
-            self.controller.load, model, name, **engine_args
+            self.controller.load,
+            model,
+            name,
+            **{**self.engine_args, **(engine_args or {})},
         )
         client = self.controller.engine_client(name)
         tasks = await client.get_supported_tasks()
@@ -51,19 +104,67 @@ class ModelRouter:
         app = build_app(args, tasks, client.model_config)
         await init_app_state(client, app.state, args, tasks)
         self._served[name] = _Served(app, model)
-        return {"name": name, "timings_s": loaded.timings_s}
+        return {"name": name, "model": model, "timings_s": loaded.timings_s}
 
     async def remove(self, name: str) -> None:
         self._served.pop(name, None)
         await asyncio.to_thread(self.controller.unload, name)
 
+    async def _ensure_loaded(self, name: str, model: str) -> _Served:
+        """One load per name, however many requests wait for it."""
+        if name not in self._loading:
+            self._loading[name] = asyncio.create_task(self.add(name, model))
+            self._loading[name].add_done_callback(
+                lambda _: self._loading.pop(name, None)
+            )
+        await asyncio.shield(self._loading[name])
+        return self._served[name]
+
+    async def _make_room(self) -> None:
+        """Evicts LRU idle models until a load can get a worker."""
+        deadline = time.monotonic() + self.load_wait_s
+        while self._is_full():
+            idle = [
+                (s.last_used, n) for n, s in self._served.items() if not s.in_flight
+            ]
+            if idle:
+                name = min(idle)[1]
+                logger.info("Evicting least recently used model %r", name)
+                await self.remove(name)
+            elif time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+            else:
+                raise ModelUnavailable("all loaded models are busy")
+
+    def _is_full(self) -> bool:
+        # Room for one more model: the one about to be loaded.
+        if (
+            self.max_loaded_models is not None
+            and len(self._served) >= self.max_loaded_models
+        ):
+            return True
+        idle = sum(
+            w["kind"] == "worker" and w["state"] == "idle"
+            for w in self.controller.list_workers()
+        )
+        return idle < self.args.tensor_parallel_size
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # lifespan and websockets: nothing to do here
-        path, method = scope["path"], scope["method"]
+        path = scope["path"]
         if path == "/health":
             await _json(send, 200, {"status": "ok"})
-        elif path == "/v1/models" and method == "GET":
+        elif path.startswith("/v1/controller") and self._management is not None:
+            await self._management(scope, receive, send)
+        else:
+            await self._openai(scope, receive, send)
+
+    async def _openai_endpoints(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        path, method = scope["path"], scope["method"]
+        if path == "/v1/models" and method == "GET":
             await _json(send, 200, {"object": "list", "data": self._model_cards()})
         elif method == "POST" and path.startswith("/v1/"):
             await self._dispatch(scope, receive, send)
@@ -84,6 +185,19 @@ class ModelRouter:
             )
             return
         served = self._served.get(name)
+        if served is None and (model := self.resolve(name)) is not None:
+            try:
+                served = await self._ensure_loaded(name, model)
+            except ModelUnavailable as e:
+                await _error(
+                    send,
+                    503,
+                    f"The model `{name}` cannot be loaded now: {e}",
+                    "ServiceUnavailableError",
+                    param="model",
+                    headers=[(b"retry-after", b"5")],
+                )
+                return
         if served is None:
             await _error(
                 send,
@@ -93,19 +207,30 @@ class ModelRouter:
                 param="model",
             )
             return
-        await served.app(scope, _replay(body, receive), send)
+        served.in_flight += 1
+        served.last_used = time.monotonic()
+        try:
+            await served.app(scope, _replay(body, receive), send)
+        finally:
+            served.in_flight -= 1
+            served.last_used = time.monotonic()
 
     def _model_cards(self) -> list[dict[str, Any]]:
         states = {m["name"]: m["state"] for m in self.controller.list_models()}
-        return [
-            {
-                "id": name,
-                "object": "model",
-                "owned_by": "vllm",
-                "root": served.model,
-                "state": states.get(name, "unknown"),
-            }
+        cards = {
+            name: {"root": served.model, "state": states.get(name, "unknown")}
             for name, served in self._served.items()
+        }
+        for name in self._loading:
+            cards.setdefault(name, {"root": None, "state": "loading"})
+        if self.allowed_model_dir is not None:
+            for path in sorted(self.allowed_model_dir.glob("*/config.json")):
+                cards.setdefault(
+                    path.parent.name, {"root": str(path.parent), "state": "available"}
+                )
+        return [
+            {"id": name, "object": "model", "owned_by": "vllm", **card}
+            for name, card in cards.items()
         ]
 
 
@@ -133,23 +258,30 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _json(send: Send, status: int, payload: dict) -> None:
+async def _json(
+    send: Send, status: int, payload: dict, headers: list | None = None
+) -> None:
     data = json.dumps(payload).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json")],
+            "headers": [(b"content-type", b"application/json"), *(headers or [])],
         }
     )
     await send({"type": "http.response.body", "body": data})
 
 
 async def _error(
-    send: Send, status: int, message: str, kind: str, param: str | None = None
+    send: Send,
+    status: int,
+    message: str,
+    kind: str,
+    param: str | None = None,
+    headers: list | None = None,
 ) -> None:
     """An OpenAI-style error body, as vLLM's own handlers produce."""
     error = ErrorResponse(
         error=ErrorInfo(message=message, type=kind, param=param, code=status)
     )
-    await _json(send, status, error.model_dump())
+    await _json(send, status, error.model_dump(), headers)

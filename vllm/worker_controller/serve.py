@@ -9,6 +9,7 @@ with none, the SmolLM2 demo model is. Requests are routed by their
 
 import asyncio
 import dataclasses
+import secrets
 from argparse import Namespace
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from vllm.platforms import current_platform
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.worker_controller.controller import WorkerController
 from vllm.worker_controller.demo_model import ensure_demo_model
+from vllm.worker_controller.management import build_management_app
 from vllm.worker_controller.router import ModelRouter
 
 logger = init_logger(__name__)
@@ -56,6 +58,26 @@ def make_parser() -> FlexibleArgumentParser:
     group = parser.add_argument_group("worker pool")
     group.add_argument("--num-workers", type=int, default=1)
     group.add_argument("--num-engine-hosts", type=int, default=None)
+    group = parser.add_argument_group("models and access")
+    group.add_argument(
+        "--allowed-model-dir",
+        type=Path,
+        default=None,
+        help="models (folders) under this directory are loaded on first "
+        "request by folder name, and may be loaded over the management API",
+    )
+    group.add_argument(
+        "--max-loaded-models",
+        type=int,
+        default=None,
+        help="unload the least recently used idle model beyond this many",
+    )
+    group.add_argument(
+        "--admin-token",
+        default=None,
+        help="bearer token of the management API (/v1/controller/...); "
+        "generated and printed once at start if not given",
+    )
     parser.set_defaults(host="127.0.0.1")
     return parser
 
@@ -82,11 +104,21 @@ async def serve(args: Namespace, engine_args: dict) -> None:
         num_workers=args.num_workers, num_engine_hosts=args.num_engine_hosts
     )
     await asyncio.to_thread(controller.start)
-    router = ModelRouter(controller, args)
+    router = ModelRouter(
+        controller,
+        args,
+        engine_args,
+        allowed_model_dir=args.allowed_model_dir,
+        max_loaded_models=args.max_loaded_models,
+    )
+    admin_token = args.admin_token or secrets.token_urlsafe(24)
+    router.set_management(build_management_app(router, admin_token))
+    if args.admin_token is None:
+        print(f"Management API token (printed once): {admin_token}", flush=True)
     try:
         for model in models:
             name = Path(model).name if Path(model).exists() else model
-            loaded = await router.add(name, model, engine_args)
+            loaded = await router.add(name, model)
             logger.info(
                 "Serving %r (ready in %.1f s)", name, loaded["timings_s"]["total"]
             )

@@ -1,0 +1,101 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Front door: models loaded on first request from --allowed-model-dir, LRU
+eviction under --max-loaded-models, API key, and the management API."""
+
+import httpx
+import openai
+import pytest
+
+from tests.worker_controller.models import hf_greedy
+from tests.worker_controller.test_serve import start_server
+
+PROMPT = "The quick brown fox"
+API_KEY, ADMIN = "sk-test", "admin-test"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models):
+    root = tiny_models["llama"].parent  # holds qwen3/, opt/, llama/
+    proc, url = start_server(
+        str(tiny_models["llama"]),
+        "--num-workers=1",
+        f"--allowed-model-dir={root}",
+        "--max-loaded-models=1",
+        f"--api-key={API_KEY}",
+        f"--admin-token={ADMIN}",
+    )
+    yield url
+    proc.kill()
+
+
+def test_api_key_required(server):
+    assert httpx.get(f"{server}/v1/models").status_code == 401
+    ok = httpx.get(
+        f"{server}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    states = {c["id"]: c["state"] for c in ok.json()["data"]}
+    assert states == {"llama": "ready", "qwen3": "available", "opt": "available"}
+
+
+def test_load_on_demand_with_lru_eviction(server, tiny_models):
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY)
+    for kind in ("qwen3", "opt", "qwen3", "llama"):
+        out = client.completions.create(
+            model=kind,
+            prompt=PROMPT,
+            max_tokens=8,
+            temperature=0,
+            extra_body={"ignore_eos": True, "return_token_ids": True},
+        )
+        assert out.choices[0].token_ids == hf_greedy(tiny_models[kind], PROMPT, 8)
+        cards = client.models.list().data
+        loaded = [m.id for m in cards if getattr(m, "state", None) == "ready"]
+        assert loaded == [kind]  # --max-loaded-models 1: the other was evicted
+
+
+def test_management_api(server, tiny_models):
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    api = f"{server}/v1/controller"
+    assert httpx.get(f"{api}/workers").status_code == 401
+    assert (
+        httpx.get(
+            f"{api}/workers", headers={"Authorization": f"Bearer {API_KEY}"}
+        ).status_code
+        == 401
+    )
+    workers = httpx.get(f"{api}/workers", headers=admin).json()
+    assert {w["kind"] for w in workers} == {"worker", "engine_host"}
+    loaded = httpx.post(
+        f"{api}/models",
+        headers=admin,
+        json={"model": str(tiny_models["opt"]), "name": "opt-admin"},
+        timeout=300,
+    )
+    assert loaded.status_code == 200, loaded.text
+    assert {"weights", "engine_init", "total"} <= set(loaded.json()["timings_s"])
+    names = [m["name"] for m in httpx.get(f"{api}/models", headers=admin).json()]
+    assert names == ["opt-admin"]
+    assert httpx.delete(f"{api}/models/opt-admin", headers=admin).status_code == 200
+    assert httpx.delete(f"{api}/models/opt-admin", headers=admin).status_code == 404
+    outside = httpx.post(f"{api}/models", headers=admin, json={"model": "/etc"})
+    assert outside.status_code == 403
+    remote_code = httpx.post(
+        f"{api}/models",
+        headers=admin,
+        json={
+            "model": str(tiny_models["opt"]),
+            "engine_args": {"trust_remote_code": True},
+        },
+    )
+    assert remote_code.status_code == 403
+    bad_args = httpx.post(
+        f"{api}/models",
+        headers=admin,
+        json={"model": str(tiny_models["opt"]), "engine_args": {"no_such_arg": 1}},
+        timeout=60,
+    )
+    assert bad_args.status_code == 400

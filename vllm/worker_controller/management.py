@@ -1,0 +1,85 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Management API: load, unload and inspect models and workers.
+
+Bearer-token protected (``--admin-token``; generated and printed once when
+not given). Loads are limited to paths under ``--allowed-model-dir``, and
+``trust_remote_code`` cannot be asked for: a management call must not be a
+way to run code that the operator did not vet.
+"""
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from vllm.entrypoints.serve.utils.server_utils import AuthenticationMiddleware
+from vllm.worker_controller.errors import (
+    InsufficientWorkersError,
+    InvalidEngineArgsError,
+    ModelAlreadyLoadedError,
+    ModelLoadError,
+    ModelNotFoundError,
+    WorkerControllerError,
+)
+from vllm.worker_controller.router import ModelRouter, ModelUnavailable
+
+# Controller errors -> HTTP status of the management API.
+_STATUS = {
+    InvalidEngineArgsError: 400,
+    ModelNotFoundError: 404,
+    ModelAlreadyLoadedError: 409,
+    ModelLoadError: 422,
+    InsufficientWorkersError: 503,
+    ModelUnavailable: 503,
+}
+
+
+class LoadRequest(BaseModel):
+    model: str
+    name: str | None = None
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": "ControllerError", "code": status}},
+        status_code=status,
+    )
+
+
+def build_management_app(router: ModelRouter, admin_token: str) -> Any:
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    controller = router.controller
+
+    @app.post("/v1/controller/models")
+    async def load(request: LoadRequest) -> JSONResponse:
+        if not router.is_allowed(request.model):
+            return _error(403, f"{request.model!r} is not under --allowed-model-dir")
+        if request.engine_args.get("trust_remote_code"):
+            return _error(403, "trust_remote_code cannot be enabled over the API")
+        name = request.name or request.model.rstrip("/").rsplit("/", 1)[-1]
+        try:
+            return JSONResponse(
+                await router.add(name, request.model, request.engine_args)
+            )
+        except (WorkerControllerError, ModelUnavailable) as e:
+            return _error(_STATUS.get(type(e), 500), str(e))
+
+    @app.delete("/v1/controller/models/{name}")
+    async def unload(name: str) -> JSONResponse:
+        try:
+            await router.remove(name)
+        except WorkerControllerError as e:
+            return _error(_STATUS.get(type(e), 500), str(e))
+        return JSONResponse({"name": name, "unloaded": True})
+
+    @app.get("/v1/controller/models")
+    async def models() -> JSONResponse:
+        return JSONResponse(controller.list_models())
+
+    @app.get("/v1/controller/workers")
+    async def workers() -> JSONResponse:
+        return JSONResponse(controller.list_workers())
+
+    return AuthenticationMiddleware(app, [admin_token])
