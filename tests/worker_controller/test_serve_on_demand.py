@@ -2,6 +2,8 @@
 """Front door: models loaded on first request from --allowed-model-dir, LRU
 eviction under --max-loaded-models, API key, and the management API."""
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -18,12 +20,21 @@ def bearer(token: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_models):
+def server(tiny_models, tmp_path_factory):
     root = tiny_models["llama"].parent  # holds qwen3/, opt/, llama/
+    catalog = tmp_path_factory.mktemp("catalog") / "models.yaml"
+    catalog.write_text(
+        "models:\n"
+        "  tiny-qwen:\n"
+        f"    model: {tiny_models['qwen3']}\n"
+        "    engine_args: {max_num_seqs: 2}\n"
+        "    keep_alive: 2s\n"
+    )
     proc, url = start_server(
         str(tiny_models["llama"]),
         "--num-workers=1",
         f"--allowed-model-dir={root}",
+        f"--model-catalog={catalog}",
         "--max-loaded-models=1",
         f"--api-key={API_KEY}",
         f"--admin-token={ADMIN}",
@@ -38,7 +49,12 @@ def test_api_key_required(server):
         f"{server}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}
     )
     states = {c["id"]: c["state"] for c in ok.json()["data"]}
-    assert states == {"llama": "ready", "qwen3": "available", "opt": "available"}
+    assert states == {
+        "llama": "ready",
+        "qwen3": "available",
+        "opt": "available",
+        "tiny-qwen": "available",
+    }
 
 
 def test_load_on_demand_with_lru_eviction(server, tiny_models):
@@ -99,3 +115,37 @@ def test_management_api(server, tiny_models):
         timeout=60,
     )
     assert bad_args.status_code == 400
+
+
+def test_catalog_model_and_keep_alive(server, tiny_models):
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY)
+    out = client.completions.create(
+        model="tiny-qwen",
+        prompt=PROMPT,
+        max_tokens=8,
+        temperature=0,
+        extra_body={"ignore_eos": True, "return_token_ids": True},
+    )
+    assert out.choices[0].token_ids == hf_greedy(tiny_models["qwen3"], PROMPT, 8)
+    deadline = time.monotonic() + 30
+    while True:  # keep_alive: 2s in the catalog
+        states = {m.id: getattr(m, "state", None) for m in client.models.list().data}
+        if states["tiny-qwen"] == "available":
+            break
+        assert time.monotonic() < deadline, states
+        time.sleep(0.5)
+
+
+def test_metrics(server):
+    text = httpx.get(f"{server}/metrics").text
+    assert 'vllm_wc_load_phase_seconds_bucket{le="1.0",phase="weights"}' in text
+    assert "vllm_wc_loads_total" in text
+    # One failed load: the management test's invalid engine arguments.
+    assert "vllm_wc_load_failures_total 1.0" in text
+    evictions = next(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("vllm_wc_evictions_total")
+    )
+    assert evictions >= 3  # LRU test and keep-alive
+    assert 'vllm_wc_processes{kind="worker",state=' in text

@@ -2,9 +2,10 @@
 """Management API: load, unload and inspect models and workers.
 
 Bearer-token protected (``--admin-token``; generated and printed once when
-not given). Loads are limited to paths under ``--allowed-model-dir``, and
-``trust_remote_code`` cannot be asked for: a management call must not be a
-way to run code that the operator did not vet.
+not given). Loads are limited to catalog models and paths under
+``--allowed-model-dir``, and ``trust_remote_code`` comes only from the
+catalog: a management call must not be a way to run code that the operator
+did not vet.
 """
 
 from typing import Any
@@ -54,15 +55,20 @@ def build_management_app(router: ModelRouter, admin_token: str) -> Any:
 
     @app.post("/v1/controller/models")
     async def load(request: LoadRequest) -> JSONResponse:
-        if not router.is_allowed(request.model):
-            return _error(403, f"{request.model!r} is not under --allowed-model-dir")
+        entry = router.catalog.get(request.model)
+        if entry is None and not router.is_allowed(request.model):
+            return _error(
+                403,
+                f"{request.model!r} is neither in the catalog nor under "
+                "--allowed-model-dir",
+            )
         if request.engine_args.get("trust_remote_code"):
-            return _error(403, "trust_remote_code cannot be enabled over the API")
+            return _error(403, "trust_remote_code can be enabled only by the catalog")
+        model = entry.model if entry else request.model
+        engine_args = {**(entry.engine_args if entry else {}), **request.engine_args}
         name = request.name or request.model.rstrip("/").rsplit("/", 1)[-1]
         try:
-            return JSONResponse(
-                await router.add(name, request.model, request.engine_args)
-            )
+            return JSONResponse(await router.add(name, model, engine_args))
         except (WorkerControllerError, ModelUnavailable) as e:
             return _error(_STATUS.get(type(e), 500), str(e))
 

@@ -10,12 +10,14 @@ spans models (``GET /v1/models``, unknown models, ``/health``).
 
 import asyncio
 import json
+import math
 import time
 from argparse import Namespace
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vllm.entrypoints.openai.api_server import build_app, init_app_state
@@ -23,8 +25,19 @@ from vllm.entrypoints.openai.engine.protocol import ErrorInfo, ErrorResponse
 from vllm.entrypoints.serve.utils.server_utils import AuthenticationMiddleware
 from vllm.logger import init_logger
 from vllm.worker_controller.controller import WorkerController
+from vllm.worker_controller.metrics import ControllerMetrics
 
 logger = init_logger(__name__)
+
+
+@dataclass
+class CatalogEntry:
+    """Where a model name loads from, with its own engine args."""
+
+    model: str
+    engine_args: dict[str, Any] = field(default_factory=dict)
+    keep_alive_s: float | None = None
+    """Seconds idle before unloading (inf: never); None: --keep-alive."""
 
 
 @dataclass
@@ -33,6 +46,7 @@ class _Served:
     model: str
     in_flight: int = 0
     last_used: float = field(default_factory=time.monotonic)
+    keep_alive_s: float | None = None
 
 
 class ModelUnavailable(Exception):
@@ -56,6 +70,8 @@ class ModelRouter:
         allowed_model_dir: Path | None = None,
         max_loaded_models: int | None = None,
         load_wait_s: float = 30.0,
+        catalog: dict[str, CatalogEntry] | None = None,
+        keep_alive_s: float = math.inf,
     ):
         self.controller = controller
         self.args = args
@@ -63,6 +79,9 @@ class ModelRouter:
         self.allowed_model_dir = allowed_model_dir
         self.max_loaded_models = max_loaded_models
         self.load_wait_s = load_wait_s
+        self.catalog = catalog or {}
+        self.keep_alive_s = keep_alive_s
+        self.metrics = ControllerMetrics()
         self._served: dict[str, _Served] = {}
         self._loading: dict[str, asyncio.Task] = {}
         self._openai: ASGIApp = self._openai_endpoints
@@ -73,12 +92,17 @@ class ModelRouter:
     def set_management(self, app: ASGIApp) -> None:
         self._management = app
 
-    def resolve(self, name: str) -> str | None:
-        """The path a model name may be loaded from, or None."""
+    def resolve(self, name: str) -> CatalogEntry | None:
+        """Where a model name may be loaded from: the catalog, else a folder
+        of that name under the allowed directory, else nowhere."""
+        if name in self.catalog:
+            return self.catalog[name]
         if self.allowed_model_dir is None or "/" in name or name.startswith("."):
             return None
         path = self.allowed_model_dir / name
-        return str(path) if (path / "config.json").is_file() else None
+        if not (path / "config.json").is_file():
+            return None
+        return CatalogEntry(model=str(path))
 
     def is_allowed(self, model: str) -> bool:
         if self.allowed_model_dir is None:
@@ -91,29 +115,48 @@ class ModelRouter:
     ) -> dict:
         """Loads ``model`` as ``name`` (making room first) and serves it."""
         await self._make_room()
-        loaded = await asyncio.to_thread(
-            self.controller.load,
-            model,
-            name,
-            **{**self.engine_args, **(engine_args or {})},
-        )
+        args = {**self.engine_args, **(engine_args or {})}
+        try:
+            loaded = await asyncio.to_thread(self.controller.load, model, name, **args)
+        except Exception:
+            self.metrics.failures.inc()
+            raise
+        self.metrics.observe_load(loaded.timings_s)
         client = self.controller.engine_client(name)
         tasks = await client.get_supported_tasks()
         args = Namespace(**{**vars(self.args), "model": model})
         args.served_model_name = [name]
         app = build_app(args, tasks, client.model_config)
         await init_app_state(client, app.state, args, tasks)
-        self._served[name] = _Served(app, model)
+        keep_alive = self.catalog.get(name, CatalogEntry(model)).keep_alive_s
+        self._served[name] = _Served(app, model, keep_alive_s=keep_alive)
         return {"name": name, "model": model, "timings_s": loaded.timings_s}
 
     async def remove(self, name: str) -> None:
         self._served.pop(name, None)
         await asyncio.to_thread(self.controller.unload, name)
+        self.metrics.unloads.inc()
 
-    async def _ensure_loaded(self, name: str, model: str) -> _Served:
+    async def expire_idle(self, period_s: float = 1.0) -> None:
+        """Unloads models idle for longer than their keep-alive (forever)."""
+        while True:
+            await asyncio.sleep(period_s)
+            now = time.monotonic()
+            for name, served in list(self._served.items()):
+                keep_alive = served.keep_alive_s
+                if keep_alive is None:
+                    keep_alive = self.keep_alive_s
+                if not served.in_flight and now - served.last_used >= keep_alive:
+                    logger.info("Unloading %r: idle for %.0f s", name, keep_alive)
+                    self.metrics.evictions.inc()
+                    await self.remove(name)
+
+    async def _ensure_loaded(self, name: str, entry: CatalogEntry) -> _Served:
         """One load per name, however many requests wait for it."""
         if name not in self._loading:
-            self._loading[name] = asyncio.create_task(self.add(name, model))
+            self._loading[name] = asyncio.create_task(
+                self.add(name, entry.model, entry.engine_args)
+            )
             self._loading[name].add_done_callback(
                 lambda _: self._loading.pop(name, None)
             )
@@ -130,6 +173,7 @@ class ModelRouter:
             if idle:
                 name = min(idle)[1]
                 logger.info("Evicting least recently used model %r", name)
+                self.metrics.evictions.inc()
                 await self.remove(name)
             elif time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
@@ -155,6 +199,16 @@ class ModelRouter:
         path = scope["path"]
         if path == "/health":
             await _json(send, 200, {"status": "ok"})
+        elif path == "/metrics":
+            body = self.metrics.render(self.controller)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
         elif path.startswith("/v1/controller") and self._management is not None:
             await self._management(scope, receive, send)
         else:
@@ -185,9 +239,9 @@ class ModelRouter:
             )
             return
         served = self._served.get(name)
-        if served is None and (model := self.resolve(name)) is not None:
+        if served is None and (entry := self.resolve(name)) is not None:
             try:
-                served = await self._ensure_loaded(name, model)
+                served = await self._ensure_loaded(name, entry)
             except ModelUnavailable as e:
                 await _error(
                     send,
@@ -223,6 +277,8 @@ class ModelRouter:
         }
         for name in self._loading:
             cards.setdefault(name, {"root": None, "state": "loading"})
+        for name, entry in self.catalog.items():
+            cards.setdefault(name, {"root": entry.model, "state": "available"})
         if self.allowed_model_dir is not None:
             for path in sorted(self.allowed_model_dir.glob("*/config.json")):
                 cards.setdefault(

@@ -9,6 +9,7 @@ with none, the SmolLM2 demo model is. Requests are routed by their
 
 import asyncio
 import dataclasses
+import math
 import secrets
 from argparse import Namespace
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import uvicorn
+import yaml
 
 from vllm.engine.arg_utils import EngineArgs
 from vllm.entrypoints.openai.cli_args import make_arg_parser
@@ -25,7 +27,7 @@ from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.worker_controller.controller import WorkerController
 from vllm.worker_controller.demo_model import ensure_demo_model
 from vllm.worker_controller.management import build_management_app
-from vllm.worker_controller.router import ModelRouter
+from vllm.worker_controller.router import CatalogEntry, ModelRouter
 
 logger = init_logger(__name__)
 
@@ -73,6 +75,19 @@ def make_parser() -> FlexibleArgumentParser:
         help="unload the least recently used idle model beyond this many",
     )
     group.add_argument(
+        "--model-catalog",
+        type=Path,
+        default=None,
+        help="YAML: models: {NAME: {model: PATH, engine_args: {...}, "
+        "keep_alive: 10m, trust_remote_code: false}}; loaded on first request",
+    )
+    group.add_argument(
+        "--keep-alive",
+        default="5m",
+        help="unload a model idle this long (e.g. 30s, 5m, 1h; 0: as soon as "
+        "idle; -1: never)",
+    )
+    group.add_argument(
         "--admin-token",
         default=None,
         help="bearer token of the management API (/v1/controller/...); "
@@ -80,6 +95,35 @@ def make_parser() -> FlexibleArgumentParser:
     )
     parser.set_defaults(host="127.0.0.1")
     return parser
+
+
+def parse_duration(text: str | int) -> float:
+    """'30s', '5m', '1h', plain seconds; negative means never (inf)."""
+    text = str(text).strip()
+    units = {"s": 1, "m": 60, "h": 3600}
+    seconds = float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    return math.inf if seconds < 0 else seconds
+
+
+def load_catalog(path: Path) -> dict[str, CatalogEntry]:
+    """Reads the model catalog; ``trust_remote_code`` only where allowed."""
+    entries = {}
+    for name, spec in (yaml.safe_load(path.read_text()) or {})["models"].items():
+        engine_args = dict(spec.get("engine_args") or {})
+        if engine_args.get("trust_remote_code") and not spec.get("trust_remote_code"):
+            raise ValueError(
+                f"catalog model {name!r}: set trust_remote_code: true on the "
+                "entry to allow it"
+            )
+        if spec.get("trust_remote_code"):
+            engine_args["trust_remote_code"] = True
+        keep_alive = spec.get("keep_alive")
+        entries[name] = CatalogEntry(
+            model=str(spec["model"]),
+            engine_args=engine_args,
+            keep_alive_s=None if keep_alive is None else parse_duration(keep_alive),
+        )
+    return entries
 
 
 def engine_args_from(args: Namespace, defaults: Namespace) -> dict:
@@ -95,7 +139,7 @@ def engine_args_from(args: Namespace, defaults: Namespace) -> dict:
 
 async def serve(args: Namespace, engine_args: dict) -> None:
     requested = [m for m in (args.model_tag, *args.models) if m]
-    models = requested or [str(ensure_demo_model())]
+    models = requested or ([] if args.model_catalog else [str(ensure_demo_model())])
     if not requested and current_platform.is_cpu():
         # vLLM's CPU compile takes a minute and, for this 4-bit-derived
         # model, changes its greedy answer (stock vLLM does the same).
@@ -110,6 +154,8 @@ async def serve(args: Namespace, engine_args: dict) -> None:
         engine_args,
         allowed_model_dir=args.allowed_model_dir,
         max_loaded_models=args.max_loaded_models,
+        catalog=load_catalog(args.model_catalog) if args.model_catalog else None,
+        keep_alive_s=parse_duration(args.keep_alive),
     )
     admin_token = args.admin_token or secrets.token_urlsafe(24)
     router.set_management(build_management_app(router, admin_token))
@@ -123,18 +169,21 @@ async def serve(args: Namespace, engine_args: dict) -> None:
                 "Serving %r (ready in %.1f s)", name, loaded["timings_s"]["total"]
             )
         url = f"http://{args.host}:{args.port}"
+        example = Path(models[0]).name if models else "MODEL"
+        body = (
+            f'{{"model": "{example}", "messages": [{{"role": "user", '
+            '"content": "What is the capital of France?"}]}'
+        )
         print(
-            f"Serving {', '.join(m['name'] for m in controller.list_models())} at "
-            f"{url}\n  curl {url}/v1/chat/completions -H 'Content-Type: "
-            f'application/json\' -d \'{{"model": "{Path(models[0]).name}", '
-            '"messages": [{"role": "user", "content": "What is the capital of '
-            "France?\"}]}'",
+            f"Serving {', '.join(m['name'] for m in controller.list_models())} "
+            f"at {url}\n  curl {url}/v1/chat/completions "
+            f"-H 'Content-Type: application/json' -d '{body}'",
             flush=True,
         )
-        config = uvicorn.Config(
-            router, host=args.host, port=args.port, log_level="info"
-        )
+        expiry = asyncio.create_task(router.expire_idle())
+        config = uvicorn.Config(router, host=args.host, port=args.port)
         await _Server(config).serve()
+        expiry.cancel()
     finally:
         await asyncio.to_thread(controller.shutdown)
 

@@ -1,0 +1,60 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Controller metrics for Prometheus: loads by phase, lifecycle events, and
+processes and models by state.
+
+A registry of our own: vLLM's metrics live in the global registry and are
+reset by each stats-enabled engine client, which must not touch ours.
+"""
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from vllm.worker_controller.controller import WorkerController
+
+_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+
+
+class ControllerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.load_phase = Histogram(
+            "vllm_wc_load_phase_seconds",
+            "Duration of each phase of a model load.",
+            ["phase"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.loads = Counter("vllm_wc_loads", "Models loaded.", registry=r)
+        self.unloads = Counter("vllm_wc_unloads", "Models unloaded.", registry=r)
+        self.evictions = Counter(
+            "vllm_wc_evictions", "Models unloaded to make room or idle.", registry=r
+        )
+        self.failures = Counter("vllm_wc_load_failures", "Failed loads.", registry=r)
+        self.processes = Gauge(
+            "vllm_wc_processes",
+            "Pooled processes by kind and state.",
+            ["kind", "state"],
+            registry=r,
+        )
+        self.models = Gauge("vllm_wc_models", "Models by state.", ["state"], registry=r)
+
+    def observe_load(self, timings_s: dict[str, float]) -> None:
+        self.loads.inc()
+        for phase, seconds in timings_s.items():
+            self.load_phase.labels(phase).observe(seconds)
+
+    def render(self, controller: WorkerController) -> bytes:
+        """The exposition text, with the state gauges read now."""
+        self.processes.clear()
+        for p in controller.list_workers():
+            self.processes.labels(p["kind"], p["state"]).inc()
+        self.models.clear()
+        for m in controller.list_models():
+            self.models.labels(m["state"]).inc()
+        return generate_latest(self.registry)
