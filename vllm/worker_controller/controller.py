@@ -56,6 +56,9 @@ from vllm.worker_controller.pool import (
 
 logger = init_logger(__name__)
 
+# A load phase running longer than this gets a progress line this often.
+_PROGRESS_EVERY_S = 5.0
+
 
 class ModelState(str, Enum):
     LOADING = "loading"
@@ -230,7 +233,24 @@ class WorkerController:
 
     @contextmanager
     def _phase(self, record: _Model, phase: str) -> Iterator[None]:
+        """Times one load phase, logs it, and names it in any failure.
+
+        Phases that run long get a progress line every few seconds, so a
+        slow load (weights, compile) is visibly alive.
+        """
         start = time.perf_counter()
+        done = threading.Event()
+
+        def progress() -> None:
+            while not done.wait(_PROGRESS_EVERY_S):
+                logger.info(
+                    "Loading %r: %s running for %.0f s",
+                    record.name,
+                    phase,
+                    time.perf_counter() - start,
+                )
+
+        threading.Thread(target=progress, daemon=True).start()
         try:
             yield
         except (
@@ -241,7 +261,12 @@ class WorkerController:
             raise
         except Exception as e:
             raise ModelLoadError(record.name, phase, str(e)) from e
+        finally:
+            done.set()
         record.timings_s[phase] = time.perf_counter() - start
+        logger.info(
+            "Loading %r: %s took %.2f s", record.name, phase, record.timings_s[phase]
+        )
 
     def _start_engine(self, record: _Model, response_handles: list) -> dict:
         """Starts EngineCore on the host and answers its handshake.

@@ -31,6 +31,9 @@ from vllm.worker_controller.router import CatalogEntry, ModelRouter
 
 logger = init_logger(__name__)
 
+# How long SIGTERM waits for in-flight requests before unloading.
+_DRAIN_S = 30
+
 
 class _Server(uvicorn.Server):
     """uvicorn re-raises a captured SIGTERM/SIGINT once it has stopped, which
@@ -181,7 +184,14 @@ async def serve(args: Namespace, engine_args: dict) -> None:
             flush=True,
         )
         expiry = asyncio.create_task(router.expire_idle())
-        config = uvicorn.Config(router, host=args.host, port=args.port)
+        # SIGTERM: stop accepting, let in-flight requests finish for at most
+        # this long, then unload everything (the finally below).
+        config = uvicorn.Config(
+            router,
+            host=args.host,
+            port=args.port,
+            timeout_graceful_shutdown=_DRAIN_S,
+        )
         await _Server(config).serve()
         expiry.cancel()
     finally:
