@@ -2,6 +2,8 @@
 """Front door: models loaded on first request from --allowed-model-dir, LRU
 eviction under --max-loaded-models, API key, and the management API."""
 
+import json
+import shutil
 import time
 
 import httpx
@@ -22,6 +24,12 @@ def bearer(token: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def server(tiny_models, tmp_path_factory):
     root = tiny_models["llama"].parent  # holds qwen3/, opt/, llama/
+    broken = root / "broken"  # a checkpoint whose architecture vLLM lacks
+    if not broken.exists():
+        shutil.copytree(tiny_models["llama"], broken)
+        config = json.loads((broken / "config.json").read_text())
+        config["architectures"] = ["NotARealModelForCausalLM"]
+        (broken / "config.json").write_text(json.dumps(config))
     catalog = tmp_path_factory.mktemp("catalog") / "models.yaml"
     catalog.write_text(
         "models:\n"
@@ -54,6 +62,7 @@ def test_api_key_required(server):
         "qwen3": "available",
         "opt": "available",
         "tiny-qwen": "available",
+        "broken": "available",
     }
 
 
@@ -149,3 +158,23 @@ def test_metrics(server):
     )
     assert evictions >= 3  # LRU test and keep-alive
     assert 'vllm_wc_processes{kind="worker",state=' in text
+
+
+def test_failed_on_demand_load_is_a_clear_error(server, tiny_models):
+    r = httpx.post(
+        f"{server}/v1/completions",
+        headers=bearer(API_KEY),
+        json={"model": "broken", "prompt": PROMPT, "max_tokens": 4},
+        timeout=300,
+    )
+    assert r.status_code == 500
+    assert "NotARealModelForCausalLM" in r.json()["error"]["message"]
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY)
+    out = client.completions.create(
+        model="opt",
+        prompt=PROMPT,
+        max_tokens=8,
+        temperature=0,
+        extra_body={"ignore_eos": True, "return_token_ids": True},
+    )
+    assert out.choices[0].token_ids == hf_greedy(tiny_models["opt"], PROMPT, 8)

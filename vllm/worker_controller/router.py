@@ -25,6 +25,10 @@ from vllm.entrypoints.openai.engine.protocol import ErrorInfo, ErrorResponse
 from vllm.entrypoints.serve.utils.server_utils import AuthenticationMiddleware
 from vllm.logger import init_logger
 from vllm.worker_controller.controller import WorkerController
+from vllm.worker_controller.errors import (
+    ModelAlreadyLoadedError,
+    WorkerControllerError,
+)
 from vllm.worker_controller.metrics import ControllerMetrics
 
 logger = init_logger(__name__)
@@ -114,6 +118,8 @@ class ModelRouter:
         self, name: str, model: str, engine_args: dict[str, Any] | None = None
     ) -> dict:
         """Loads ``model`` as ``name`` (making room first) and serves it."""
+        if name in self._served:  # before evicting anything for it
+            raise ModelAlreadyLoadedError(f"A model named {name!r} is already loaded")
         await self._make_room()
         args = {**self.engine_args, **(engine_args or {})}
         try:
@@ -242,6 +248,12 @@ class ModelRouter:
         if served is None and (entry := self.resolve(name)) is not None:
             try:
                 served = await self._ensure_loaded(name, entry)
+            except WorkerControllerError as e:
+                logger.error("Loading %r on request failed: %s", name, e)
+                await _error(
+                    send, 500, f"The model `{name}` failed to load: {e}", "LoadError"
+                )
+                return
             except ModelUnavailable as e:
                 await _error(
                     send,
