@@ -94,6 +94,8 @@ def test_management_api(server, tiny_models):
     )
     workers = httpx.get(f"{api}/workers", headers=admin).json()
     assert {w["kind"] for w in workers} == {"worker", "engine_host"}
+    (worker,) = [w for w in workers if w["kind"] == "worker"]
+    assert worker["health"]["memory_bytes"] >= worker["baseline_bytes"] > 0
     loaded = httpx.post(
         f"{api}/models",
         headers=admin,

@@ -474,7 +474,15 @@ class WorkerController:
                 for r in self._models.values()
             ]
 
-    def list_workers(self) -> list[dict[str, Any]]:
+    def list_workers(self, with_health: bool = False) -> list[dict[str, Any]]:
+        """Every pooled process; ``with_health`` also asks each one for its
+        current state and memory (one control-channel round trip each)."""
+        procs = self.pool.processes()
+        health = (
+            self.proxy.health(procs, timeout=5.0)
+            if with_health
+            else [None] * len(procs)
+        )
         return [
             {
                 "kind": p.kind.value,
@@ -486,8 +494,9 @@ class WorkerController:
                 "boot_s": p.boot_s,
                 "baseline_bytes": p.baseline_bytes,
                 "last_unload": p.last_unload,
+                **({"health": h} if with_health else {}),
             }
-            for p in self.pool.processes()
+            for p, h in zip(procs, health, strict=True)
         ]
 
     def shutdown(self) -> None:

@@ -8,6 +8,7 @@ catalog: a management call must not be a way to run code that the operator
 did not vet.
 """
 
+import asyncio
 from typing import Any
 
 from fastapi import FastAPI
@@ -86,6 +87,7 @@ def build_management_app(router: ModelRouter, admin_token: str) -> Any:
 
     @app.get("/v1/controller/workers")
     async def workers() -> JSONResponse:
-        return JSONResponse(controller.list_workers())
+        workers = await asyncio.to_thread(controller.list_workers, True)
+        return JSONResponse(workers)
 
     return AuthenticationMiddleware(app, [admin_token])

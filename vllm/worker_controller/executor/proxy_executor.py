@@ -167,6 +167,14 @@ class ProxyExecutor:
         return None
 
     @staticmethod
-    def health(procs: Sequence["PooledProcess"], timeout: float) -> list[dict]:
+    def health(procs: Sequence["PooledProcess"], timeout: float) -> list[dict | None]:
+        """Each process's own view (state, memory now); None if it is gone
+        or too busy to answer in time."""
         futures = [p.channel.call_async("health") for p in procs]
-        return [f.result(timeout) for f in futures]
+        replies: list[dict | None] = []
+        for f in futures:
+            try:
+                replies.append(f.result(timeout))
+            except (FutureTimeoutError, WorkerLostError, RemoteCallError):
+                replies.append(None)
+        return replies
