@@ -56,6 +56,17 @@ def start_server(*flags: str) -> tuple[subprocess.Popen, str]:
             time.sleep(1)
 
 
+def greedy_completion(client: openai.OpenAI, model: str, max_tokens: int):
+    """A greedy completion of PROMPT that returns its token ids."""
+    return client.completions.create(
+        model=model,
+        prompt=PROMPT,
+        max_tokens=max_tokens,
+        temperature=0,
+        extra_body={"ignore_eos": True, "return_token_ids": True},
+    )
+
+
 @pytest.fixture(scope="module")
 def server(tiny_models):
     proc, url = start_server(
@@ -79,13 +90,7 @@ def test_models_listed(server):
 def test_completions_match_hf(server, tiny_models, kind):
     _, url = server
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none")
-    out = client.completions.create(
-        model=kind,
-        prompt=PROMPT,
-        max_tokens=12,
-        temperature=0,
-        extra_body={"ignore_eos": True, "return_token_ids": True},
-    )
+    out = greedy_completion(client, kind, 12)
     assert out.model == kind
     assert out.choices[0].token_ids == hf_greedy(tiny_models[kind], PROMPT, 12)
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.worker_controller.models import hf_greedy
-from tests.worker_controller.test_serve import start_server
+from tests.worker_controller.test_serve import greedy_completion, start_server
 
 PROMPT = "The quick brown fox"
 API_KEY, ADMIN = "sk-test", "admin-test"
@@ -69,13 +69,7 @@ def test_api_key_required(server):
 def test_load_on_demand_with_lru_eviction(server, tiny_models):
     client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY)
     for kind in ("qwen3", "opt", "qwen3", "llama"):
-        out = client.completions.create(
-            model=kind,
-            prompt=PROMPT,
-            max_tokens=8,
-            temperature=0,
-            extra_body={"ignore_eos": True, "return_token_ids": True},
-        )
+        out = greedy_completion(client, kind, 8)
         assert out.choices[0].token_ids == hf_greedy(tiny_models[kind], PROMPT, 8)
         cards = client.models.list().data
         loaded = [m.id for m in cards if getattr(m, "state", None) == "ready"]
@@ -130,13 +124,7 @@ def test_management_api(server, tiny_models):
 
 def test_catalog_model_and_keep_alive(server, tiny_models):
     client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY)
-    out = client.completions.create(
-        model="tiny-qwen",
-        prompt=PROMPT,
-        max_tokens=8,
-        temperature=0,
-        extra_body={"ignore_eos": True, "return_token_ids": True},
-    )
+    out = greedy_completion(client, "tiny-qwen", 8)
     assert out.choices[0].token_ids == hf_greedy(tiny_models["qwen3"], PROMPT, 8)
     deadline = time.monotonic() + 30
     while True:  # keep_alive: 2s in the catalog
@@ -172,11 +160,5 @@ def test_failed_on_demand_load_is_a_clear_error(server, tiny_models):
     assert r.status_code == 500
     assert "NotARealModelForCausalLM" in r.json()["error"]["message"]
     client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY)
-    out = client.completions.create(
-        model="opt",
-        prompt=PROMPT,
-        max_tokens=8,
-        temperature=0,
-        extra_body={"ignore_eos": True, "return_token_ids": True},
-    )
+    out = greedy_completion(client, "opt", 8)
     assert out.choices[0].token_ids == hf_greedy(tiny_models["opt"], PROMPT, 8)
