@@ -100,6 +100,13 @@ def test_management_api(server, tiny_models):
     assert {"weights", "engine_init", "total"} <= set(loaded.json()["timings_s"])
     names = [m["name"] for m in httpx.get(f"{api}/models", headers=admin).json()]
     assert names == ["opt-admin"]
+    # Parking is vLLM's sleep mode: CUDA only (GPU runs: benchmarks/).
+    parked = httpx.post(f"{api}/models/opt-admin/park", headers=admin)
+    assert parked.status_code == 409
+    assert "sleep mode" in parked.json()["error"]["message"]
+    woken = httpx.post(f"{api}/models/opt-admin/unpark", headers=admin)
+    assert woken.status_code == 409
+    assert "not parked" in woken.json()["error"]["message"]
     assert httpx.delete(f"{api}/models/opt-admin", headers=admin).status_code == 200
     assert httpx.delete(f"{api}/models/opt-admin", headers=admin).status_code == 404
     outside = httpx.post(f"{api}/models", headers=admin, json={"model": "/etc"})

@@ -50,6 +50,9 @@ class ControllerSettings:
     release_timeout_s: float = 120.0
     unload_drain_s: float = 5.0
     """How long an unload waits for aborted requests to reach clients."""
+    park_memory_bytes: int = 0
+    """Host RAM that parked models' weights may hold (pinned); a model that
+    does not fit is unloaded instead of parked. 0: never park."""
     log_stats: bool = False
     """Engine stats and Prometheus metrics for each loaded model."""
     env: dict[str, str] = field(default_factory=dict)

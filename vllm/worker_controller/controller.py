@@ -8,12 +8,15 @@ in place and load weights, starts a ``PooledEngineCoreProc`` on the host
 handshake, and attaches vLLM's own ``AsyncLLM`` to the engine. After that
 the controller is off the request path. ``unload`` reverses it and returns
 every process to the pool; a dead process fails its model fast and is
-respawned while the rest of the pool keeps serving.
+respawned while the rest of the pool keeps serving. On GPU, ``park`` frees a
+model's device memory but keeps its processes and (in pinned host memory)
+its weights, so ``unpark`` brings it back in a fraction of a second.
 """
 
 import threading
 import time
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +46,7 @@ from vllm.worker_controller.errors import (
     ModelAlreadyLoadedError,
     ModelLoadError,
     ModelNotFoundError,
+    ParkingUnavailableError,
     WorkerControllerError,
 )
 from vllm.worker_controller.executor.proxy_executor import ProxyExecutor
@@ -63,6 +67,10 @@ _PROGRESS_EVERY_S = 5.0
 class ModelState(str, Enum):
     LOADING = "loading"
     READY = "ready"
+    PARKING = "parking"
+    PARKED = "parked"
+    """Device memory freed; processes kept, weights in pinned host memory."""
+    UNPARKING = "unparking"
     UNLOADING = "unloading"
     FAILED = "failed"
 
@@ -102,8 +110,16 @@ class _Model:
     addresses: EngineZmqAddresses | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    weights_bytes: int = 0
+    asleep: bool = False
+    """Parked: its device memory is unmapped (set until unpark starts)."""
     released: threading.Event = field(default_factory=threading.Event)
     """Set once the model's processes are back in the pool."""
+
+    @property
+    def gpu_memory_utilization(self) -> float:
+        assert self.vllm_config is not None
+        return self.vllm_config.cache_config.gpu_memory_utilization
 
 
 class WorkerController:
@@ -194,7 +210,10 @@ class WorkerController:
             record.vllm_config = config
         with self._phase(record, "lease"):
             world_size = config.parallel_config.world_size
-            record.workers = self.pool.lease(ProcessKind.WORKER, world_size)
+            fits = self._fits(record.gpu_memory_utilization)
+            record.workers = self.pool.lease(
+                ProcessKind.WORKER, world_size, prefer=lambda p: fits(p.device_index)
+            )
             (record.host,) = self.pool.lease(ProcessKind.ENGINE_HOST, 1)
             for p in (*record.workers, record.host):
                 p.model = record.name
@@ -214,6 +233,7 @@ class WorkerController:
                 get_distributed_init_method(get_loopback_ip(), get_open_port()),
                 handle,
             )
+            record.weights_bytes = sum(r["weights_bytes"] for r in replies)
         with self._phase(record, "engine_init"):
             phases = self._start_engine(record, [r["response_handle"] for r in replies])
         timings.update(phases)
@@ -333,10 +353,10 @@ class WorkerController:
                 raise WorkerControllerError(
                     f"Model {name!r} is {record.state.value}; try again when done"
                 )
-            was_ready = record.state == ModelState.READY
+            was_serving = record.state in (ModelState.READY, ModelState.PARKED)
             record.state = ModelState.UNLOADING
         start = time.perf_counter()
-        if was_ready:
+        if was_serving:
             reports = self._release(record)
         else:
             record.released.wait(self.settings.release_timeout_s)
@@ -355,6 +375,12 @@ class WorkerController:
         """
         if record.released.is_set():
             return []
+        if record.asleep:
+            # Upstream's CuMem allocator frees a block by unmapping it, which
+            # sleep has already done: a parked model's workers cannot free
+            # their tensors in place. New processes replace them.
+            for w in record.workers:
+                self.pool.recycle(w, "its parked model was unloaded")
         host = record.host
         if host is not None and host.serving is not None:
             host.channel.call_async("stop")
@@ -411,12 +437,137 @@ class WorkerController:
             cancel_task_threadsafe(handler)
         client.shutdown()
 
+    # ------------------------------------------------------- park / unpark
+
+    def can_park(self, name: str) -> bool:
+        """Whether ``park`` would succeed now: the model is ready, was loaded
+        with sleep mode, and its weights fit the host-RAM budget."""
+        try:
+            with self._lock:
+                self._check_parkable(self._get(name))
+        except WorkerControllerError:
+            return False
+        return True
+
+    def _check_parkable(self, record: _Model) -> None:
+        if record.state != ModelState.READY:
+            raise ParkingUnavailableError(
+                f"Model {record.name!r} is {record.state.value}, not ready"
+            )
+        assert record.vllm_config is not None
+        if not record.vllm_config.model_config.enable_sleep_mode:
+            raise ParkingUnavailableError(
+                f"Model {record.name!r} was loaded without sleep mode "
+                "(enable_sleep_mode, CUDA only); unload it instead"
+            )
+        parked = sum(r.weights_bytes for r in self._models.values() if r.asleep)
+        if parked + record.weights_bytes > self.settings.park_memory_bytes:
+            raise ParkingUnavailableError(
+                f"Parking {record.name!r} needs {record.weights_bytes / 2**30:.2f} "
+                f"GiB of host memory; {parked / 2**30:.2f} of "
+                f"{self.settings.park_memory_bytes / 2**30:.2f} GiB are taken"
+            )
+
+    async def park(self, name: str) -> dict[str, float]:
+        """Frees the model's device memory, keeping its processes and, in
+        pinned host memory, its weights (vLLM's sleep mode, level 1).
+
+        A coroutine: run it on the event loop that serves the model's
+        ``AsyncLLM``. Requests still in flight are aborted.
+        """
+        with self._lock:
+            record = self._get(name)
+            self._check_parkable(record)
+            record.state = ModelState.PARKING
+        assert record.engine_client is not None
+        start = time.perf_counter()
+        try:
+            await record.engine_client.sleep(level=1)
+        except Exception as e:
+            self._fail(record, f"parking failed: {e}")
+            raise
+        elapsed = time.perf_counter() - start
+        with self._lock:
+            record.asleep = True
+            record.state = ModelState.PARKED
+        logger.info("Model %r parked in %.3f s", name, elapsed)
+        return {"park": elapsed}
+
+    async def unpark(self, name: str) -> dict[str, float]:
+        """Maps the model's device memory again and copies its weights back;
+        it serves as before (same CUDA graphs, same addresses).
+
+        The caller makes room on the model's devices first (``has_room``).
+        """
+        with self._lock:
+            record = self._get(name)
+            if record.state != ModelState.PARKED:
+                raise ParkingUnavailableError(
+                    f"Model {name!r} is {record.state.value}, not parked"
+                )
+            record.state = ModelState.UNPARKING
+            record.asleep = False
+        assert record.engine_client is not None
+        start = time.perf_counter()
+        try:
+            await record.engine_client.wake_up()
+        except Exception as e:
+            self._fail(record, f"unparking failed: {e}")
+            raise
+        elapsed = time.perf_counter() - start
+        with self._lock:
+            record.state = ModelState.READY
+        logger.info("Model %r unparked in %.3f s", name, elapsed)
+        return {"unpark": elapsed}
+
+    def has_room(
+        self, gpu_memory_utilization: float, count: int, name: str | None = None
+    ) -> bool:
+        """Whether an engine taking this share of device memory fits now.
+
+        For a new engine: ``count`` idle workers on devices whose awake
+        engines leave that share free. For ``name`` (parked): its own
+        devices. vLLM itself refuses to start when the memory is not free;
+        this lets callers park or unload idle models first.
+        """
+        fits = self._fits(gpu_memory_utilization)
+        if name is not None:
+            with self._lock:
+                devices = [w.device_index for w in self._get(name).workers]
+            return all(fits(d) for d in devices)
+        idle = [
+            p.device_index
+            for p in self.pool.processes()
+            if p.kind == ProcessKind.WORKER and p.state == ProcessState.IDLE
+        ]
+        return sum(fits(d) for d in idle) >= count
+
+    def _fits(self, gpu_memory_utilization: float) -> Callable[[int | None], bool]:
+        """A test of whether a device has this share of memory unclaimed by
+        awake engines (always true without devices, i.e. on CPU)."""
+        claimed: dict[int, float] = defaultdict(float)
+        with self._lock:
+            for r in self._models.values():
+                if r.asleep or r.vllm_config is None or r.released.is_set():
+                    continue
+                for w in r.workers:
+                    if w.device_index is not None:
+                        claimed[w.device_index] += r.gpu_memory_utilization
+
+        def fits(device_index: int | None) -> bool:
+            return (
+                device_index is None
+                or claimed[device_index] + gpu_memory_utilization <= 1.0
+            )
+
+        return fits
+
     # -------------------------------------------------------------- failures
 
     def _on_engine_exit(self, record: _Model, serving: Future) -> None:
         """The host's busy loop ended; unexpected unless unloading."""
         with self._lock:
-            if record.state != ModelState.READY:
+            if record.state not in (ModelState.READY, ModelState.PARKED):
                 return
             record.state = ModelState.FAILED
         try:
@@ -427,7 +578,13 @@ class WorkerController:
             # so in-flight requests fail instead of hanging.
             assert record.addresses is not None
             self._notify_engine_dead(record.addresses.outputs[0])
-        record.error = error
+        self._fail(record, error)
+
+    def _fail(self, record: _Model, error: str) -> None:
+        """Marks a model failed and gives its processes back, off-thread."""
+        with self._lock:
+            record.state = ModelState.FAILED
+            record.error = error
         logger.error("Model %r failed: %s", record.name, error)
         threading.Thread(
             target=self._release, args=(record,), name="WCFailModel", daemon=True
@@ -466,6 +623,7 @@ class WorkerController:
                     "name": r.name,
                     "model": r.model,
                     "state": r.state.value,
+                    "weights_bytes": r.weights_bytes,
                     "worker_pids": [w.pid for w in r.workers],
                     "engine_host_pid": r.host.pid if r.host else None,
                     "timings_s": dict(r.timings_s),
@@ -508,6 +666,11 @@ class WorkerController:
                 logger.warning("Unloading %r at shutdown failed: %s", name, e)
         self.pool.shutdown()
         self._zmq.term()
+
+    def state(self, name: str) -> ModelState | None:
+        with self._lock:
+            record = self._models.get(name)
+            return None if record is None else record.state
 
     def _get(self, name: str) -> _Model:
         try:

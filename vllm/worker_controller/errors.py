@@ -39,6 +39,10 @@ class ModelNotFoundError(WorkerControllerError, KeyError):
         return str(self.args[0])
 
 
+class ParkingUnavailableError(WorkerControllerError):
+    """A model cannot be parked (or unparked) now, and why."""
+
+
 class InsufficientWorkersError(WorkerControllerError):
     """The pool has fewer idle processes than the request needs."""
 

@@ -22,6 +22,7 @@ from vllm.worker_controller.errors import (
     ModelAlreadyLoadedError,
     ModelLoadError,
     ModelNotFoundError,
+    ParkingUnavailableError,
     WorkerControllerError,
 )
 from vllm.worker_controller.router import ModelRouter, ModelUnavailable
@@ -32,6 +33,7 @@ _STATUS = {
     ModelNotFoundError: 404,
     ModelAlreadyLoadedError: 409,
     ModelLoadError: 422,
+    ParkingUnavailableError: 409,
     InsufficientWorkersError: 503,
     ModelUnavailable: 503,
 }
@@ -80,6 +82,20 @@ def build_management_app(router: ModelRouter, admin_token: str) -> Any:
         except WorkerControllerError as e:
             return _error(_STATUS.get(type(e), 500), str(e))
         return JSONResponse({"name": name, "unloaded": True})
+
+    @app.post("/v1/controller/models/{name}/park")
+    async def park(name: str) -> JSONResponse:
+        try:
+            return JSONResponse(await router.park(name))
+        except WorkerControllerError as e:
+            return _error(_STATUS.get(type(e), 500), str(e))
+
+    @app.post("/v1/controller/models/{name}/unpark")
+    async def unpark(name: str) -> JSONResponse:
+        try:
+            return JSONResponse(await router.unpark(name))
+        except (WorkerControllerError, ModelUnavailable) as e:
+            return _error(_STATUS.get(type(e), 500), str(e))
 
     @app.get("/v1/controller/models")
     async def models() -> JSONResponse:

@@ -33,9 +33,13 @@ class ControllerMetrics:
         self.loads = Counter("vllm_wc_loads", "Models loaded.", registry=r)
         self.unloads = Counter("vllm_wc_unloads", "Models unloaded.", registry=r)
         self.evictions = Counter(
-            "vllm_wc_evictions", "Models unloaded to make room or idle.", registry=r
+            "vllm_wc_evictions",
+            "Models parked or unloaded to make room or when idle.",
+            registry=r,
         )
         self.failures = Counter("vllm_wc_load_failures", "Failed loads.", registry=r)
+        self.parks = Counter("vllm_wc_parks", "Models parked.", registry=r)
+        self.unparks = Counter("vllm_wc_unparks", "Models unparked.", registry=r)
         self.processes = Gauge(
             "vllm_wc_processes",
             "Pooled processes by kind and state.",

@@ -104,11 +104,18 @@ class ProcessPool:
         for p in spawned:
             self._await_boot(p, started)
 
-    def lease(self, kind: ProcessKind, count: int) -> list[PooledProcess]:
+    def lease(
+        self,
+        kind: ProcessKind,
+        count: int,
+        prefer: Callable[["PooledProcess"], bool] | None = None,
+    ) -> list[PooledProcess]:
         """Marks ``count`` idle processes of ``kind`` as leased.
 
         Fails at once if the pool cannot have that many free processes;
         waits (up to the boot timeout) while replacements of dead ones boot.
+        Idle processes that ``prefer`` accepts (e.g. on a device with room)
+        go first.
         """
         deadline = time.monotonic() + self.settings.boot_timeout_s
         with self._cond:
@@ -130,7 +137,9 @@ class ProcessPool:
                         "larger pool"
                     )
                 self._cond.wait(min(1.0, deadline - time.monotonic()))
-            leased = sorted(idle, key=lambda p: p.index)[:count]
+            leased = sorted(
+                idle, key=lambda p: (prefer is not None and not prefer(p), p.index)
+            )[:count]
             for p in leased:
                 p.state = ProcessState.LEASED
             return leased

@@ -20,13 +20,15 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from vllm.engine.arg_utils import EngineArgs
 from vllm.entrypoints.openai.api_server import build_app, init_app_state
 from vllm.entrypoints.openai.engine.protocol import ErrorInfo, ErrorResponse
 from vllm.entrypoints.serve.utils.server_utils import AuthenticationMiddleware
 from vllm.logger import init_logger
-from vllm.worker_controller.controller import WorkerController
+from vllm.worker_controller.controller import ModelState, WorkerController
 from vllm.worker_controller.errors import (
     ModelAlreadyLoadedError,
+    ParkingUnavailableError,
     WorkerControllerError,
 )
 from vllm.worker_controller.metrics import ControllerMetrics
@@ -62,8 +64,10 @@ class ModelRouter:
 
     A request for a model that is not loaded but lies under
     ``allowed_model_dir`` loads it first (concurrent requests share one
-    load); when workers or ``max_loaded_models`` run out, the least recently
-    used idle model is unloaded to make room.
+    load), and one for a parked model unparks it. Room is made from the
+    least recently used idle models: one is parked (if the controller's
+    host-RAM budget allows) or unloaded when device memory or
+    ``max_loaded_models`` runs out, and unloaded when processes run out.
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class ModelRouter:
         self.metrics = ControllerMetrics()
         self._served: dict[str, _Served] = {}
         self._loading: dict[str, asyncio.Task] = {}
+        self._unparking: dict[str, asyncio.Task] = {}
         self._openai: ASGIApp = self._openai_endpoints
         if args.api_key:
             self._openai = AuthenticationMiddleware(self._openai, args.api_key)
@@ -120,8 +125,11 @@ class ModelRouter:
         """Loads ``model`` as ``name`` (making room first) and serves it."""
         if name in self._served:  # before evicting anything for it
             raise ModelAlreadyLoadedError(f"A model named {name!r} is already loaded")
-        await self._make_room()
         args = {**self.engine_args, **(engine_args or {})}
+        await self._make_room(
+            args.get("gpu_memory_utilization", EngineArgs.gpu_memory_utilization),
+            args.get("tensor_parallel_size", self.args.tensor_parallel_size),
+        )
         try:
             loaded = await asyncio.to_thread(self.controller.load, model, name, **args)
         except Exception:
@@ -143,8 +151,49 @@ class ModelRouter:
         await asyncio.to_thread(self.controller.unload, name)
         self.metrics.unloads.inc()
 
+    async def evict(self, name: str) -> None:
+        """Parks an idle model if the host-RAM budget allows, else unloads it."""
+        self.metrics.evictions.inc()
+        if self.controller.can_park(name):
+            await self.park(name)
+        else:
+            await self.remove(name)
+
+    async def park(self, name: str) -> dict:
+        served = self._served.get(name)
+        if served is not None and served.in_flight:
+            raise ParkingUnavailableError(
+                f"Model {name!r} has {served.in_flight} requests in flight"
+            )
+        timings = await self.controller.park(name)
+        self.metrics.parks.inc()
+        return {"name": name, "state": ModelState.PARKED.value, "timings_s": timings}
+
+    async def unpark(self, name: str) -> dict:
+        """Makes room on the model's devices, then unparks it (one unpark
+        however many requests wait for it)."""
+        if name not in self._unparking:
+            self._unparking[name] = asyncio.create_task(self._unpark(name))
+            self._unparking[name].add_done_callback(
+                lambda _: self._unparking.pop(name, None)
+            )
+        return await asyncio.shield(self._unparking[name])
+
+    async def _unpark(self, name: str) -> dict:
+        if (state := self.controller.state(name)) != ModelState.PARKED:
+            what = state.value if state else "not loaded"
+            raise ParkingUnavailableError(f"Model {name!r} is {what}, not parked")
+        client = self.controller.engine_client(name)
+        await self._make_room(
+            client.vllm_config.cache_config.gpu_memory_utilization, 0, name
+        )
+        timings = await self.controller.unpark(name)
+        self.metrics.unparks.inc()
+        return {"name": name, "state": ModelState.READY.value, "timings_s": timings}
+
     async def expire_idle(self, period_s: float = 1.0) -> None:
-        """Unloads models idle for longer than their keep-alive (forever)."""
+        """Parks or unloads awake models idle for longer than their
+        keep-alive (forever: never)."""
         while True:
             await asyncio.sleep(period_s)
             now = time.monotonic()
@@ -152,10 +201,13 @@ class ModelRouter:
                 keep_alive = served.keep_alive_s
                 if keep_alive is None:
                     keep_alive = self.keep_alive_s
-                if not served.in_flight and now - served.last_used >= keep_alive:
-                    logger.info("Unloading %r: idle for %.0f s", name, keep_alive)
-                    self.metrics.evictions.inc()
-                    await self.remove(name)
+                if (
+                    not served.in_flight
+                    and now - served.last_used >= keep_alive
+                    and self.controller.state(name) == ModelState.READY
+                ):
+                    logger.info("Idle for %.0f s: %r makes room", keep_alive, name)
+                    await self.evict(name)
 
     async def _ensure_loaded(self, name: str, entry: CatalogEntry) -> _Served:
         """One load per name, however many requests wait for it."""
@@ -169,35 +221,57 @@ class ModelRouter:
         await asyncio.shield(self._loading[name])
         return self._served[name]
 
-    async def _make_room(self) -> None:
-        """Evicts LRU idle models until a load can get a worker."""
+    async def _make_room(
+        self, gpu_memory_utilization: float, workers: int, unparking: str | None = None
+    ) -> None:
+        """Frees what one more awake engine needs, LRU idle models first.
+
+        ``workers``: processes a new engine leases (0 when ``unparking``, which
+        keeps its own). Waits up to ``load_wait_s`` for busy models to idle.
+        """
         deadline = time.monotonic() + self.load_wait_s
-        while self._is_full():
+        while shortage := self._shortage(gpu_memory_utilization, workers, unparking):
+            states, unload = shortage
             idle = [
-                (s.last_used, n) for n, s in self._served.items() if not s.in_flight
+                (s.last_used, n)
+                for n, s in self._served.items()
+                if not s.in_flight and self.controller.state(n) in states
             ]
             if idle:
                 name = min(idle)[1]
-                logger.info("Evicting least recently used model %r", name)
-                self.metrics.evictions.inc()
-                await self.remove(name)
+                logger.info("Making room: least recently used model %r", name)
+                if unload:
+                    self.metrics.evictions.inc()
+                    await self.remove(name)
+                else:
+                    await self.evict(name)
             elif time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
             else:
                 raise ModelUnavailable("all loaded models are busy")
 
-    def _is_full(self) -> bool:
-        # Room for one more model: the one about to be loaded.
-        if (
-            self.max_loaded_models is not None
-            and len(self._served) >= self.max_loaded_models
-        ):
-            return True
+    def _shortage(
+        self, gpu_memory_utilization: float, workers: int, unparking: str | None
+    ) -> tuple[set[ModelState], bool] | None:
+        """What must go for one more awake engine: (states of the models
+        that may make room, whether they must be unloaded), or None."""
+        ready = {ModelState.READY}
+        awake = sum(
+            self.controller.state(n)
+            in (ModelState.LOADING, ModelState.READY, ModelState.UNPARKING)
+            for n in self._served
+        )
+        if self.max_loaded_models is not None and awake >= self.max_loaded_models:
+            return ready, False
         idle = sum(
             w["kind"] == "worker" and w["state"] == "idle"
             for w in self.controller.list_workers()
         )
-        return idle < self.args.tensor_parallel_size
+        if idle < workers:  # only an unload gives processes back
+            return {ModelState.READY, ModelState.PARKED, ModelState.FAILED}, True
+        if not self.controller.has_room(gpu_memory_utilization, workers, unparking):
+            return ready, False
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -245,6 +319,21 @@ class ModelRouter:
             )
             return
         served = self._served.get(name)
+        while self.controller.state(name) == ModelState.PARKING:
+            await asyncio.sleep(0.02)
+        if served is not None and self.controller.state(name) == ModelState.PARKED:
+            try:
+                await self.unpark(name)
+            except (WorkerControllerError, ModelUnavailable) as e:
+                await _error(
+                    send,
+                    503,
+                    f"The model `{name}` is parked and cannot be unparked now: {e}",
+                    "ServiceUnavailableError",
+                    param="model",
+                    headers=[(b"retry-after", b"5")],
+                )
+                return
         if served is None and (entry := self.resolve(name)) is not None:
             try:
                 served = await self._ensure_loaded(name, entry)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import uvicorn
 import yaml
 
@@ -63,6 +64,15 @@ def make_parser() -> FlexibleArgumentParser:
     group = parser.add_argument_group("worker pool")
     group.add_argument("--num-workers", type=int, default=1)
     group.add_argument("--num-engine-hosts", type=int, default=None)
+    group.add_argument(
+        "--park-memory-gb",
+        type=float,
+        default=None,
+        help="host RAM (GiB) that parked models' weights may hold; an idle "
+        "model that does not fit is unloaded instead of parked (default: "
+        "half of host RAM where vLLM's sleep mode is available, i.e. CUDA; "
+        "0 disables parking)",
+    )
     group = parser.add_argument_group("models and access")
     group.add_argument(
         "--allowed-model-dir",
@@ -147,8 +157,17 @@ async def serve(args: Namespace, engine_args: dict) -> None:
         # vLLM's CPU compile takes a minute and, for this 4-bit-derived
         # model, changes its greedy answer (stock vLLM does the same).
         engine_args.setdefault("enforce_eager", True)
+    sleep_mode = current_platform.is_sleep_mode_available()
+    park_gb = args.park_memory_gb
+    if park_gb is None:
+        park_gb = psutil.virtual_memory().total / 2**31 if sleep_mode else 0.0
+    if park_gb > 0 and sleep_mode:
+        # Parking is vLLM's sleep mode, which must be on from the load.
+        engine_args.setdefault("enable_sleep_mode", True)
     controller = WorkerController(
-        num_workers=args.num_workers, num_engine_hosts=args.num_engine_hosts
+        num_workers=args.num_workers,
+        num_engine_hosts=args.num_engine_hosts,
+        park_memory_bytes=int(park_gb * 2**30),
     )
     await asyncio.to_thread(controller.start)
     router = ModelRouter(

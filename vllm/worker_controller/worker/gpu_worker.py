@@ -157,9 +157,12 @@ class PooledWorker(PooledProcessHandler):
             raise
         self.loads += 1
         assert self.proc.worker_response_mq is not None
+        runner = self.proc.worker.worker.model_runner
         return {
             "response_handle": self.proc.worker_response_mq.export_handle(),
             "load_s": time.perf_counter() - start,
+            # What parking this model would pin in host memory.
+            "weights_bytes": int(getattr(runner, "model_memory_usage", 0)),
         }
 
     def serve(self) -> dict[str, Any]:

@@ -108,6 +108,9 @@ def release_memory() -> None:
         # runner brings new streams, so these pile up across loads.
         torch._C._cuda_clearCublasWorkspaces()
         torch.accelerator.empty_cache()
+        # Pinned host buffers (sleep mode's weight backups) stay cached by
+        # torch's host allocator once freed; give them back to the OS.
+        torch._C._host_emptyCache()
 
 
 def memory_in_use() -> int:
