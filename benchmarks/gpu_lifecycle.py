@@ -5,9 +5,12 @@ On one GPU: builds two random-weight bf16 models from their configs (a
 Qwen3-0.6B shape and a small Llama shape; no hub), takes each one's greedy
 tokens from a fresh stock ``LLM`` in a subprocess (which also warms the
 compile cache, as a real deployment's would be), then loads / generates /
-unloads the two models alternately ``--cycles`` times in the same pooled
-processes, checking tokens against stock and memory against the worker's
-boot baseline. Writes one JSON file with every cycle's figures.
+parks / unparks / generates / unloads the two models alternately
+``--cycles`` times in the same pooled processes, checking tokens against
+stock (before and after unpark) and memory against the worker's boot
+baseline (the drift over all cycles). The last cycle unloads its model while
+parked, which replaces the worker; one more load checks the replacement.
+Writes one JSON file with every cycle's figures.
 """
 
 import argparse
@@ -29,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 PROMPT_IDS = [1, 345, 2001, 77, 9000, 1234, 42, 4096]
 MAX_TOKENS = 32
 ENGINE_ARGS = {"skip_tokenizer_init": True, "max_model_len": 2048}
+# Parking is vLLM's sleep mode, which must be on from the load.
+POOL_ARGS = {**ENGINE_ARGS, "enable_sleep_mode": True}
 SHAPES = {
     "qwen3-0.6b": Qwen3Config(
         vocab_size=151936,
@@ -126,6 +131,32 @@ def gpu_processes() -> str:
     ).stdout
 
 
+def device_mib(pid: int) -> int | None:
+    """Device memory of one process as the driver sees it (MiB)."""
+    for line in gpu_processes().splitlines()[1:]:
+        p, used = line.split(",")
+        if int(p) == pid:
+            return int(used.split()[0])
+    return None
+
+
+def park_cycle(loop, controller, name: str, pid: int) -> dict:
+    """Park, unpark and generate again: timings and the worker's memory."""
+    awake_mib = device_mib(pid)
+    park_s = loop.run_until_complete(controller.park(name))["park"]
+    parked_mib = device_mib(pid)
+    unpark_s = loop.run_until_complete(controller.unpark(name))["unpark"]
+    tokens, first_s = loop.run_until_complete(generate(controller.engine_client(name)))
+    return {
+        "park_s": park_s,
+        "unpark_s": unpark_s,
+        "first_output_after_unpark_s": first_s,
+        "worker_mib_awake": awake_mib,
+        "worker_mib_parked": parked_mib,
+        "tokens_after_unpark": tokens,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=20)
@@ -141,16 +172,22 @@ def main() -> None:
     report: dict = {"gpu": torch.cuda.get_device_name(), "cycles": []}
     loop = asyncio.new_event_loop()
     boot = time.perf_counter()
-    with WorkerController(num_workers=1) as controller:
+    with WorkerController(num_workers=1, park_memory_bytes=64 << 30) as controller:
         report["pool_boot_s"] = time.perf_counter() - boot
         report["workers"] = controller.list_workers()
         report["gpu_processes_at_boot"] = gpu_processes()
         for cycle in range(args.cycles):
             name = list(models)[cycle % len(models)]
-            loaded = controller.load(str(models[name]), name=name, **ENGINE_ARGS)
+            loaded = controller.load(str(models[name]), name=name, **POOL_ARGS)
             tokens, first_s = loop.run_until_complete(
                 generate(controller.engine_client(name))
             )
+            pid = loaded.worker_pids[0]
+            parking = park_cycle(loop, controller, name, pid)
+            unpark_tokens = parking.pop("tokens_after_unpark")
+            last = cycle == args.cycles - 1
+            if last:  # unloaded while parked: the worker is replaced
+                loop.run_until_complete(controller.park(name))
             (worker,) = controller.unload(name).workers
             # Let the loop run the client's cancelled output handler to its end.
             loop.run_until_complete(asyncio.sleep(0))
@@ -160,13 +197,25 @@ def main() -> None:
                 "load_s": loaded.timings_s,
                 "first_output_s": first_s,
                 "tokens_match_stock": tokens == reference[name],
-                "growth_bytes": worker["growth_bytes"],
+                "tokens_after_unpark_match_stock": unpark_tokens == reference[name],
+                **parking,
+                "unloaded_parked": last,
+                "growth_bytes": worker.get("growth_bytes"),  # None: replaced
                 "recycled": worker["recycled"],
                 "worker_pid": worker["pid"],
             }
             report["cycles"].append(record)
             print(json.dumps(record), flush=True)
             Path(args.out).write_text(json.dumps(report, indent=2))
+        name = list(models)[0]
+        loaded = controller.load(str(models[name]), name=name, **POOL_ARGS)
+        tokens, _ = loop.run_until_complete(generate(controller.engine_client(name)))
+        report["after_replacement"] = {
+            "worker_pid": loaded.worker_pids[0],
+            "load_s": loaded.timings_s,
+            "tokens_match_stock": tokens == reference[name],
+        }
+        controller.unload(name)
         report["gpu_processes_at_end"] = gpu_processes()
         report["workers_at_end"] = controller.list_workers()
     Path(args.out).write_text(json.dumps(report, indent=2))

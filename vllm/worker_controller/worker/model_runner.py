@@ -130,7 +130,11 @@ def _cumem_bytes() -> int:
     allocator = CuMemAllocator.instance
     if allocator is None:
         return 0
-    return sum(data.handle[1] for data in allocator.pointer_to_data.values())
+    return sum(
+        data.handle[1]
+        for data in allocator.pointer_to_data.values()
+        if not data.is_asleep  # a parked model's blocks are unmapped
+    )
 
 
 def leak_probes(worker) -> dict[str, weakref.ref]:
