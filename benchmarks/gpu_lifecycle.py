@@ -162,14 +162,30 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--models-dir", default="/tmp/wc-models")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--models", nargs="*", default=list(SHAPES))
+    parser.add_argument(
+        "--engine-args", type=json.loads, default={}, help="JSON, both sides"
+    )
+    parser.add_argument(
+        "--no-stock", action="store_true", help="skip stock reference tokens"
+    )
+    parser.add_argument("--no-park", action="store_true")
     args = parser.parse_args()
-    models = {name: build(name, Path(args.models_dir)) for name in SHAPES}
-    reference = {}
+    ENGINE_ARGS.update(args.engine_args)
+    POOL_ARGS.update(args.engine_args)
+    models = {name: build(name, Path(args.models_dir)) for name in args.models}
+    reference: dict[str, list[int] | None] = dict.fromkeys(models)
     for name, path in models.items():
+        if args.no_stock:
+            break
         tokens, seconds = stock_tokens(path)
         reference[name] = tokens
         print(f"stock {name}: {seconds:.1f} s", flush=True)
-    report: dict = {"gpu": torch.cuda.get_device_name(), "cycles": []}
+    report: dict = {
+        "gpu": torch.cuda.get_device_name(),
+        "engine_args": POOL_ARGS,
+        "cycles": [],
+    }
     loop = asyncio.new_event_loop()
     boot = time.perf_counter()
     with WorkerController(num_workers=1, park_memory_bytes=64 << 30) as controller:
@@ -183,9 +199,11 @@ def main() -> None:
                 generate(controller.engine_client(name))
             )
             pid = loaded.worker_pids[0]
-            parking = park_cycle(loop, controller, name, pid)
+            parking: dict = {"tokens_after_unpark": reference[name]}
+            if not args.no_park:
+                parking = park_cycle(loop, controller, name, pid)
             unpark_tokens = parking.pop("tokens_after_unpark")
-            last = cycle == args.cycles - 1
+            last = cycle == args.cycles - 1 and not args.no_park
             if last:  # unloaded while parked: the worker is replaced
                 loop.run_until_complete(controller.park(name))
             (worker,) = controller.unload(name).workers
@@ -201,21 +219,25 @@ def main() -> None:
                 **parking,
                 "unloaded_parked": last,
                 "growth_bytes": worker.get("growth_bytes"),  # None: replaced
+                # The driver's view: also what lives outside torch's allocator.
+                "worker_mib_after_unload": device_mib(pid),
                 "recycled": worker["recycled"],
                 "worker_pid": worker["pid"],
             }
             report["cycles"].append(record)
             print(json.dumps(record), flush=True)
             Path(args.out).write_text(json.dumps(report, indent=2))
-        name = list(models)[0]
-        loaded = controller.load(str(models[name]), name=name, **POOL_ARGS)
-        tokens, _ = loop.run_until_complete(generate(controller.engine_client(name)))
-        report["after_replacement"] = {
-            "worker_pid": loaded.worker_pids[0],
-            "load_s": loaded.timings_s,
-            "tokens_match_stock": tokens == reference[name],
-        }
-        controller.unload(name)
+        if not args.no_park:  # the last unload replaced the worker: use it
+            name = list(models)[0]
+            loaded = controller.load(str(models[name]), name=name, **POOL_ARGS)
+            client = controller.engine_client(name)
+            tokens, _ = loop.run_until_complete(generate(client))
+            report["after_replacement"] = {
+                "worker_pid": loaded.worker_pids[0],
+                "load_s": loaded.timings_s,
+                "tokens_match_stock": tokens == reference[name],
+            }
+            controller.unload(name)
         report["gpu_processes_at_end"] = gpu_processes()
         report["workers_at_end"] = controller.list_workers()
     Path(args.out).write_text(json.dumps(report, indent=2))
