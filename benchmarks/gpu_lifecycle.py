@@ -219,6 +219,7 @@ def main() -> None:
                 **parking,
                 "unloaded_parked": last,
                 "growth_bytes": worker.get("growth_bytes"),  # None: replaced
+                "driver_growth_bytes": worker.get("driver_growth_bytes"),
                 # The driver's view: also what lives outside torch's allocator.
                 "worker_mib_after_unload": device_mib(pid),
                 "recycled": worker["recycled"],

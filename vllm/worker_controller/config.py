@@ -45,6 +45,12 @@ class ControllerSettings:
     memory_tolerance_bytes: int = 256 << 20
     """How far above its boot baseline a worker may stay after an unload
     before it is recycled (device memory on GPU, RSS growth on CPU)."""
+    driver_memory_tolerance_bytes: int = 4 << 30
+    """The same for the driver's count of a GPU worker's memory, which also
+    sees what torch's allocator does not (graph executables, kernel
+    modules). Its first load legitimately adds ~1 GiB (lazily loaded
+    kernels); loads then add ~0.4 GiB each that no unload gives back (see
+    docs/benchmarks.md), so a worker is replaced every few loads."""
     boot_timeout_s: float = 300.0
     load_timeout_s: float = 900.0
     release_timeout_s: float = 120.0

@@ -391,18 +391,22 @@ class WorkerController:
         for w, report in zip(record.workers, released, strict=True):
             w.last_unload = report
             # A worker whose load failed has already torn itself down.
+            driver_growth = (report or {}).get("driver_growth_bytes") or 0
             clean = w.serving is None or (
                 report is not None
                 and report["growth_bytes"] <= tolerance
+                and driver_growth <= self.settings.driver_memory_tolerance_bytes
                 and not report["leaked"]
             )
             if report is not None and not clean:
                 logger.warning(
                     "Worker %s did not get back to its boot state: %.1f MiB "
-                    "above baseline (tolerance %.1f MiB), still alive: %s",
+                    "above baseline (tolerance %.1f MiB; %.1f MiB by the "
+                    "driver's count), still alive: %s",
                     w.name,
                     report["growth_bytes"] / 2**20,
                     tolerance / 2**20,
+                    driver_growth / 2**20,
                     report["leaked"] or "nothing",
                 )
             self._give_back_or_recycle(w, clean)

@@ -34,6 +34,7 @@ from vllm.v1.outputs import AsyncModelRunnerOutput
 from vllm.worker_controller.config import make_dummy_vllm_config
 from vllm.worker_controller.process import ControlServer, PooledProcessHandler
 from vllm.worker_controller.worker.model_runner import (
+    driver_memory_in_use,
     leak_probes,
     memory_in_use,
     memory_summary,
@@ -110,6 +111,7 @@ class PooledWorker(PooledProcessHandler):
         self.index = index
         self.device_index = device_index
         self.baseline_bytes = memory_in_use()
+        self.driver_baseline_bytes = driver_memory_in_use(device_index)
         self.proc: PooledWorkerProc | None = None
         self.state = "idle"
         self._released = threading.Event()
@@ -126,6 +128,7 @@ class PooledWorker(PooledProcessHandler):
         return {
             "state": self.state,
             "memory_bytes": memory_in_use(),
+            "driver_memory_bytes": driver_memory_in_use(self.device_index),
             "loads": self.loads,
         }
 
@@ -213,6 +216,7 @@ class PooledWorker(PooledProcessHandler):
                 for chain in referrer_chains(probes[what]()):
                     logger.warning("Unloaded %s still referenced: %s", what, chain)
         in_use = memory_in_use()
+        driver = driver_memory_in_use(self.device_index)
         logger.info("Worker %d unloaded: %s", self.index, memory_summary())
         self.state = "idle"
         return {
@@ -220,6 +224,11 @@ class PooledWorker(PooledProcessHandler):
             "baseline_bytes": self.baseline_bytes,
             "memory_bytes": in_use,
             "growth_bytes": in_use - self.baseline_bytes,
+            "driver_growth_bytes": (
+                None
+                if driver is None or self.driver_baseline_bytes is None
+                else driver - self.driver_baseline_bytes
+            ),
             "leaked": leaked,
         }
 

@@ -13,6 +13,7 @@ that the unload check compares against the boot baseline.
 
 import ctypes
 import gc
+import os
 import weakref
 from types import FrameType, ModuleType
 
@@ -122,6 +123,32 @@ def memory_in_use() -> int:
     if current_platform.is_cpu():
         return psutil.Process().memory_info().rss
     return torch.cuda.memory_reserved() + _cumem_bytes()
+
+
+def driver_memory_in_use(device_index: int | None) -> int | None:
+    """This process's device memory as the driver counts it (NVML).
+
+    It also covers what lives outside torch's allocator (CUDA graph
+    executables, loaded kernel modules, library workspaces), which
+    :func:`memory_in_use` cannot see. None on CPU or if NVML does not list
+    this process (e.g. another PID namespace).
+    """
+    if device_index is None:
+        return None
+    from vllm.third_party import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        physical = current_platform.visible_device_id_to_physical_device_id(
+            device_index
+        )
+        handle = pynvml.nvmlDeviceGetHandleByIndex(physical)
+        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if proc.pid == os.getpid():
+                return proc.usedGpuMemory
+    finally:
+        pynvml.nvmlShutdown()
+    return None
 
 
 def _cumem_bytes() -> int:
