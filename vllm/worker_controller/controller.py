@@ -40,6 +40,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.core import EngineCoreProc
 from vllm.v1.engine.utils import EngineHandshakeMetadata, EngineZmqAddresses
 from vllm.worker_controller.config import ControllerSettings, build_engine_config
+from vllm.worker_controller.engine_metrics import EngineMetrics
 from vllm.worker_controller.errors import (
     InsufficientWorkersError,
     InvalidEngineArgsError,
@@ -137,6 +138,8 @@ class WorkerController:
         )
         self._lock = threading.Lock()
         self._models: dict[str, _Model] = {}
+        self.engine_metrics = EngineMetrics()
+        """vLLM's engine metrics, a registry per model (``log_stats``)."""
         self._zmq = zmq.Context()
 
     def start(self) -> "WorkerController":
@@ -175,6 +178,7 @@ class WorkerController:
             self._load(record, engine_args)
         except BaseException:
             self._release(record)
+            self.engine_metrics.drop(name)
             with self._lock:
                 del self._models[name]
             raise
@@ -246,7 +250,11 @@ class WorkerController:
                     "input_address": addresses.inputs[0],
                     "output_address": addresses.outputs[0],
                 },
-                disable_log_stats=not self.settings.log_stats,
+                # Ours replace upstream's loggers (a registry per model).
+                stat_loggers=self.engine_metrics.stat_loggers(record.name)
+                if self.settings.log_stats
+                else None,
+                disable_log_stats=True,
             )
         assert host.serving is not None
         host.serving.add_done_callback(lambda f: self._on_engine_exit(record, f))
@@ -362,6 +370,7 @@ class WorkerController:
             record.released.wait(self.settings.release_timeout_s)
             reports = []
         self._close_client(record)
+        self.engine_metrics.drop(name)
         with self._lock:
             del self._models[name]
         elapsed = time.perf_counter() - start

@@ -2,19 +2,14 @@
 """Controller metrics for Prometheus: loads by phase, lifecycle events, and
 processes and models by state.
 
-A registry of our own: vLLM's metrics live in the global registry and are
-reset by each stats-enabled engine client, which must not touch ours.
+A registry of our own, rendered together with each model's registry of
+vLLM's engine metrics (``engine_metrics.py``) as one exposition.
 """
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from vllm.worker_controller.controller import WorkerController
+from vllm.worker_controller.engine_metrics import exposition
 
 _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 
@@ -54,11 +49,12 @@ class ControllerMetrics:
             self.load_phase.labels(phase).observe(seconds)
 
     def render(self, controller: WorkerController) -> bytes:
-        """The exposition text, with the state gauges read now."""
+        """The exposition text, with the state gauges read now, and every
+        loaded model's vLLM engine metrics (labelled by ``model_name``)."""
         self.processes.clear()
         for p in controller.list_workers():
             self.processes.labels(p["kind"], p["state"]).inc()
         self.models.clear()
         for m in controller.list_models():
             self.models.labels(m["state"]).inc()
-        return generate_latest(self.registry)
+        return exposition([self.registry], controller.engine_metrics.registries())

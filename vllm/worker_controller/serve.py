@@ -27,6 +27,7 @@ from vllm.platforms import current_platform
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.worker_controller.controller import WorkerController
 from vllm.worker_controller.demo_model import ensure_demo_model
+from vllm.worker_controller.engine_metrics import log_stats_periodically
 from vllm.worker_controller.management import build_management_app
 from vllm.worker_controller.router import CatalogEntry, ModelRouter
 
@@ -168,6 +169,8 @@ async def serve(args: Namespace, engine_args: dict) -> None:
         num_workers=args.num_workers,
         num_engine_hosts=args.num_engine_hosts,
         park_memory_bytes=int(park_gb * 2**30),
+        # vLLM's engine metrics on /metrics, as `vllm serve` has them.
+        log_stats=not args.disable_log_stats,
     )
     await asyncio.to_thread(controller.start)
     router = ModelRouter(
@@ -203,6 +206,7 @@ async def serve(args: Namespace, engine_args: dict) -> None:
             flush=True,
         )
         expiry = asyncio.create_task(router.expire_idle())
+        stats = asyncio.create_task(log_stats_periodically(controller))
         # SIGTERM: stop accepting, let in-flight requests finish for at most
         # this long, then unload everything (the finally below).
         config = uvicorn.Config(
@@ -213,6 +217,7 @@ async def serve(args: Namespace, engine_args: dict) -> None:
         )
         await _Server(config).serve()
         expiry.cancel()
+        stats.cancel()
     finally:
         await asyncio.to_thread(controller.shutdown)
 
