@@ -1,0 +1,156 @@
+#!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
+# Driver of the GPU benchmarks: one STAGE per device command (each must end
+# within the 10-minute limit of one command), results accumulating on the
+# machine under $BENCH_DIR (default /tmp/bench) between commands.
+#
+# usage: bash benchmarks/gpu/run.sh STAGE [STAGE ...]
+#
+# Before the first stage, install the runtime (shared/gpu/README.md):
+#   command 1: bash .gpurt/a/setup-runtime.sh a
+#   command 2: bash .gpurt/b/setup-runtime.sh b && bash benchmarks/gpu/run.sh check models
+#
+# Stages and their expected wall time on one H100/H200 (estimates, from
+# docs/benchmarks.md and shared/gpu/README.md: `vllm serve` of the 0.6B
+# shape ~35 s to the first completion with a warm compile cache, ~80 s
+# without; the 8B shape ~60-100 s; a first compile on a fresh machine
+# ~70 s more):
+#   check          GPU, versions, disk, memory                        ~0.5 min
+#   models         random-weight Qwen3-0.6B (1.2 GB) and Llama-3.1-8B (16 GB)
+#                  shapes ($SHAPES) with a trained BPE tokenizer; skipped
+#                  when present                                        ~1-2 min
+#   startup-qwen   bench_startup.py, Qwen3-0.6B shape, N=3, 6 scenarios:
+#                  controller boot + first load (first compile) ~2 min; per
+#                  repetition ~2.2 min (stock_serve ~35-60 s, stock_llm
+#                  ~35-60 s, ctrl_new ~25-35 s: a new path compiles,
+#                  ctrl_reload ~10 s, ctrl_unpark ~5 s, unloads, waits);
+#                  sleep_wake ~1-1.5 min. ~12 min in all: call 1 stops at
+#                  its deadline in repetition 3 (~9 min), call 2 ends it
+#                  (~3-4 min, the boot being warm by then)
+#   startup-llama  the same for the Llama-3.1-8B shape: boot ~2.5 min, per
+#                  repetition ~4.5-5 min, sleep_wake ~2 min: ~18-20 min, i.e.
+#                  3 calls. Without stock_llm and sleep_wake
+#                  (SCENARIOS=stock_serve,ctrl_new,ctrl_reload,ctrl_unpark)
+#                  ~13 min, 2 calls
+#   parity         bench_parity.py, Qwen3-0.6B shape: stock `vllm serve`,
+#                  then the controller; `vllm bench serve`, 200 prompts at
+#                  concurrency 1 (~80 s) and 32 (~10 s) on each side  ~5 min
+#   results        copy every result JSON and the logs to $OUT        ~0.1 min
+# Everything: ~40 min of device time. In ~25 min: check+models (Qwen only),
+# startup-qwen twice, parity (~20 min), then startup-llama as far as it gets.
+# A stage that reaches its deadline ($DEADLINE_S, default 510 s of
+# benchmark time) stops before the next run, writes what it has and exits 3
+# ("NOT DONE"): call the same stage again to continue. Exit 0: done.
+#
+# Every stage copies the result JSONs into $OUT (what the device tool
+# returns; at most 8 files) as it goes, plus $OUT/STAGE.log and, at the end,
+# $OUT/logs-STAGE.tgz (server logs).
+#
+# Environment: BENCH_DIR, DEADLINE_S, RUNS (default 3), PARK_GB (the
+# controller's --park-memory-gb, default 48: the controller's own default,
+# half of MemTotal, can read low on a machine whose memory grows on use),
+# PYTHON (default python3), PROMPTS (parity, default 200), SCENARIOS
+# (startup stages; default all six, comma-separated), SHAPES (models stage;
+# default qwen3-0.6b,llama-3.1-8b).
+set -uo pipefail
+[ $# -ge 1 ] || { awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' "$0"; exit 2; }
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+BENCH="${BENCH_DIR:-/tmp/bench}"
+OUT="${OUT:-$BENCH/out}"
+DEADLINE_S="${DEADLINE_S:-510}"
+RUNS="${RUNS:-3}"
+PARK_GB="${PARK_GB:-48}"
+PROMPTS="${PROMPTS:-200}"
+SCENARIOS="${SCENARIOS:-stock_serve,stock_llm,ctrl_new,ctrl_reload,ctrl_unpark,sleep_wake}"
+SHAPES="${SHAPES:-qwen3-0.6b,llama-3.1-8b}"
+PY="${PYTHON:-python3}"
+mkdir -p "$BENCH/models" "$BENCH/results" "$BENCH/logs" "$OUT"
+
+# The compact vLLM runtime (shared/gpu/README.md) and our subpackage in it.
+if [ -d /opt/rt/site/vllm ]; then
+    case ":${PYTHONPATH:-}:" in *:/opt/rt/site:*) ;; *) export PYTHONPATH="/opt/rt/site${PYTHONPATH:+:$PYTHONPATH}" ;; esac
+    ln -sfn "$ROOT/vllm/worker_controller" /opt/rt/site/vllm/worker_controller
+fi
+export VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+cd "$ROOT" || exit 1
+
+# One date for every stage on this machine: a stage resumes its results
+# file by name, also when it is called again after midnight.
+[ -s "$BENCH/date" ] || date -u +%F > "$BENCH/date"
+COMMON=(--models-dir "$BENCH/models" --results-dir "$BENCH/results"
+        --log-dir "$BENCH/logs" --mirror-dir "$OUT" --date "$(cat "$BENCH/date")")
+
+# A Python stage, stopped by SIGTERM (it then stops its servers and writes
+# its results) if it overruns its own deadline by a minute.
+bench() {
+    timeout -k 30 "$((DEADLINE_S + 60))" "$PY" "$@" --deadline-s "$DEADLINE_S" "${COMMON[@]}"
+}
+
+collect() {
+    cp "$BENCH"/results/*.json "$OUT"/ 2>/dev/null
+    tar czf "$OUT/logs-$1.tgz" -C "$BENCH" logs 2>/dev/null
+    ls -la "$OUT"
+}
+
+run_stage() {
+    local stage="$1" rc=0
+    echo "=== stage $stage ($(date -u +%H:%M:%S) UTC) ==="
+    case "$stage" in
+    check)
+        nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv
+        "$PY" -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "transformers", transformers.__version__)'
+        "$PY" -c 'import importlib.metadata as m; print("vllm", m.version("vllm"))'
+        "$PY" -c 'import vllm.worker_controller.serve, aiohttp; print("vllm.worker_controller.serve imports")'
+        df -h "$BENCH" | tail -1
+        free -g | head -2
+        ;;
+    models)
+        "$PY" benchmarks/gpu_common.py make-models --models-dir "$BENCH/models" \
+            --shapes "$SHAPES" || rc=$?
+        du -sh "$BENCH"/models/* 2>/dev/null
+        ;;
+    startup-qwen)
+        bench benchmarks/bench_startup.py --models qwen3-0.6b --runs "$RUNS" \
+            --scenarios "$SCENARIOS" --park-memory-gb "$PARK_GB" || rc=$?
+        collect "$stage"
+        ;;
+    startup-llama)
+        bench benchmarks/bench_startup.py --models llama-3.1-8b --runs "$RUNS" \
+            --scenarios "$SCENARIOS" --park-memory-gb "$PARK_GB" || rc=$?
+        collect "$stage"
+        ;;
+    parity)
+        bench benchmarks/bench_parity.py --model qwen3-0.6b --num-prompts "$PROMPTS" \
+            --concurrency 1,32 || rc=$?
+        collect "$stage"
+        ;;
+    results)
+        collect "$stage"
+        ;;
+    smoke)
+        # CPU development machine only: both benchmarks on a tiny model.
+        export VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=nobind VLLM_CPU_CI_ENV=1
+        local tiny='{"max_model_len": 512, "enforce_eager": true}'
+        bench benchmarks/bench_startup.py --models tiny-qwen3 --runs 1 \
+            --num-workers 1 --engine-args "$tiny" || rc=$?
+        bench benchmarks/bench_parity.py --model tiny-qwen3 --num-prompts 8 \
+            --concurrency 1,4 --input-len 64 --output-len 16 --engine-args "$tiny" || rc=$?
+        collect "$stage"
+        ;;
+    *)
+        echo "unknown stage $stage (check, models, startup-qwen, startup-llama, parity, results, smoke)" >&2
+        return 2
+        ;;
+    esac
+    echo "=== stage $stage: exit $rc ($(date -u +%H:%M:%S) UTC) ==="
+    return "$rc"
+}
+
+status=0
+for stage in "$@"; do
+    run_stage "$stage" 2>&1 | tee -a "$OUT/$stage.log"
+    rc=${PIPESTATUS[0]}
+    [ "$rc" -ne 0 ] && status=$rc
+done
+exit "$status"

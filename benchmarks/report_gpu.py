@@ -1,0 +1,498 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Renders the GPU benchmarks' JSON into ``docs/benchmarks.md`` and a plot.
+
+Runs on the development machine, from the files that ``bench_startup.py``
+and ``bench_parity.py`` wrote on the GPU machine (no vLLM, no GPU needed):
+
+    python benchmarks/report_gpu.py                      # newest results
+    python benchmarks/report_gpu.py --startup A.json --parity B.json
+
+Each result goes between its own marker comments (``gpu-startup``,
+``gpu-parity``) so that the rest of the page stays as it is. The phase plot
+is a PNG where matplotlib is installed, else an SVG drawn here (the
+development environment does not ship matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_common import HERE, REPO, replace_section  # noqa: E402
+
+ORDER = (
+    "stock_serve",
+    "stock_llm",
+    "ctrl_new",
+    "ctrl_reload",
+    "ctrl_unpark",
+    "sleep_wake",
+)
+# Phases shown in the table, per scenario (medians; others stay in the JSON).
+TABLE_PHASES = {
+    "stock_serve": (
+        "ready",
+        "model_loading",
+        "torch_compile",
+        "graph_capture",
+        "engine_init",
+        "first_token",
+        "first_completion",
+    ),
+    "stock_llm": (
+        "import",
+        "llm_init",
+        "model_loading",
+        "torch_compile",
+        "graph_capture",
+        "engine_init",
+        "first_output",
+    ),
+    "ctrl_new": (
+        "weights",
+        "profile",
+        "kv_cache",
+        "compile_and_warm_up",
+        "engine_init",
+        "client",
+        "router_http",
+        "first_token",
+        "first_completion",
+        "unload_after",
+    ),
+    "ctrl_reload": (
+        "unload",
+        "weights",
+        "profile",
+        "kv_cache",
+        "compile_and_warm_up",
+        "engine_init",
+        "client",
+        "router_http",
+        "first_token",
+        "first_completion",
+    ),
+    "ctrl_unpark": (
+        "park",
+        "first_token",
+        "first_completion",
+        "explicit_park",
+        "explicit_unpark",
+        "explicit_unpark_client",
+        "first_completion_after_unpark",
+    ),
+    "sleep_wake": ("sleep", "wake_up", "generate"),
+}
+# Plot segments: one category each, the same colour for every bar.
+CATEGORIES = (
+    ("start-up & imports", "#9e9e9e"),
+    ("weights & model init", "#1f77b4"),
+    ("engine init: profile, KV cache, compile, CUDA graphs", "#ff7f0e"),
+    ("serving set-up (client, OpenAI app)", "#8c564b"),
+    ("unpark / wake up", "#2ca02c"),
+    ("first completion", "#d62728"),
+)
+
+
+def segments(record: dict[str, Any]) -> list[float]:
+    """Median phases of a record, mapped onto ``CATEGORIES`` (seconds)."""
+    p = record.get("phases_s", {})
+    g = p.get
+    seg = [0.0] * len(CATEGORIES)
+    sc = record["scenario"]
+    if sc in ("stock_serve", "stock_llm"):
+        init = g("ready", 0.0) if sc == "stock_serve" else g("llm_init", 0.0)
+        model = g("model_loading", g("weights", 0.0))
+        engine = g("engine_init", 0.0)
+        seg[0] = max(init - model - engine, 0.0) + g("import", 0.0)
+        seg[1] = model
+        seg[2] = engine
+        seg[5] = g("first_completion", g("first_output", 0.0))
+    elif sc in ("ctrl_new", "ctrl_reload"):
+        seg[1] = g("config", 0.0) + g("lease", 0.0) + g("weights", 0.0)
+        seg[2] = g("engine_init", 0.0)
+        seg[3] = g("client", 0.0) + max(g("router_http", 0.0), 0.0)
+        seg[5] = g("first_completion", 0.0)
+    elif sc == "ctrl_unpark":
+        seg[4] = g("first_token", 0.0)
+        seg[5] = g("first_completion", 0.0) - g("first_token", 0.0)
+    elif sc == "sleep_wake":
+        seg[4] = g("wake_up", 0.0)
+        seg[5] = g("generate", 0.0)
+    return seg
+
+
+def error_summary(error: str) -> str:
+    """First and last line of an error (its kind; a log tail's cause)."""
+    lines = [x.strip() for x in (error or "").strip().splitlines() if x.strip()]
+    if not lines:
+        return ""
+    # The cause: the last line that names an error, else the last line.
+    cause = next(
+        (
+            x
+            for x in reversed(lines[1:])
+            if re.search(r"[A-Za-z]+(Error|Exception)\b", x)
+        ),
+        lines[-1],
+    )
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} … {cause}"
+    return text.replace("`", "'")[:400]
+
+
+def fmt(x: Any, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def newest(pattern: str) -> list[Path]:
+    found = sorted(
+        (p for p in (HERE / "results").glob(pattern) if "-cpu-" not in p.name),
+        key=lambda p: p.stat().st_mtime,
+    )
+    return found[-1:]
+
+
+# ------------------------------------------------------------------ startup
+
+
+def load_startup(paths: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metadata of the first file, records of all (later files win)."""
+    meta: dict[str, Any] = {}
+    records: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in paths:
+        data = json.loads(path.read_text())
+        meta = meta or data["metadata"]
+        for r in data["records"]:
+            records[(r["model"], r["scenario"])] = r
+    ordered = sorted(
+        records.values(),
+        key=lambda r: (r["model"], ORDER.index(r["scenario"])),
+    )
+    return meta, ordered
+
+
+def startup_markdown(
+    paths: list[Path], meta: dict[str, Any], records: list[dict[str, Any]], plot: str
+) -> str:
+    rows = []
+    notes = []
+    for r in records:
+        phases = ", ".join(
+            f"{k} {r['phases_s'][k]:.2f}"
+            for k in TABLE_PHASES[r["scenario"]]
+            if k in r.get("phases_s", {})
+        )
+        runs = " / ".join(f"{x:.2f}" for x in r.get("runs_s", []))
+        rows.append(
+            f"| {r['scenario']} | {r['model']} | {r['status']} | "
+            f"{fmt(r.get('median_s'))} | {fmt(r.get('min_s'))} | "
+            f"{fmt(r.get('max_s'))} | {runs or '–'} | {phases or '–'} |"
+        )
+        if r["status"] == "skipped":
+            notes.append(
+                f"- {r['model']} {r['scenario']}: skipped ({r['skip_reason']})"
+            )
+        seen: dict[str, int] = {}
+        for f in r.get("failures", []):
+            line = error_summary(f["error"])
+            seen[line] = seen.get(line, 0) + 1
+        for line, count in seen.items():
+            times = f" ({count} runs)" if count > 1 else ""
+            notes.append(f"- {r['model']} {r['scenario']}: failed{times}: `{line}`")
+        hits = [
+            x["phases_s"].get("compile_cache_hit")
+            for x in r.get("runs", [])
+            if "compile_cache_hit" in x.get("phases_s", {})
+        ]
+        if hits:
+            notes.append(
+                f"- {r['model']} {r['scenario']}: compiled graphs loaded from "
+                f"vLLM's compile cache in {sum(hits)} of {len(hits)} runs"
+            )
+        if r["scenario"] == "sleep_wake" and r.get("runs"):
+            same = sum(bool(x.get("same_output")) for x in r["runs"])
+            notes.append(
+                f"- {r['model']} sleep_wake: output after wake-up equal to the "
+                f"first in {same} of {len(r['runs'])} cycles"
+            )
+    speedups = []
+    for model in sorted({r["model"] for r in records}):
+        by = {r["scenario"]: r.get("median_s") for r in records if r["model"] == model}
+        for stock in ("stock_serve", "stock_llm"):
+            parts = [
+                f"{ctrl} {by[stock] / by[ctrl]:.1f}x"
+                for ctrl in ("ctrl_new", "ctrl_reload", "ctrl_unpark")
+                if by.get(stock) and by.get(ctrl)
+            ]
+            if parts:
+                speedups.append(f"- {model}, {stock} / " + ", ".join(parts))
+    settings = meta.get("settings", {})
+    boots = [
+        f"{c['model']} {c['boot_and_first_load_s']:.1f} s"
+        for inv in meta.get("invocations", [])
+        for c in inv.get("ctrl_servers", [])
+        if "boot_and_first_load_s" in c
+    ]
+    files = ", ".join(f"`benchmarks/results/{p.name}`" for p in paths)
+    timed = {r["scenario"]: r.get("timed", "") for r in records}
+    timed_lines = "\n".join(f"- `{s}`: {t}" for s, t in timed.items())
+    machine = (
+        f"{meta.get('gpu')} ({meta.get('gpu_memory_mib')} MiB, driver "
+        f"{meta.get('gpu_driver')}), {meta.get('cores')} cores; Python "
+        f"{meta.get('python')}, vLLM {meta.get('vllm')}, torch {meta.get('torch')}, "
+        f"transformers {meta.get('transformers')}; {meta.get('date')}"
+    )
+    ctrl = (
+        f"`--num-workers {settings.get('num_workers')}`, `--park-memory-gb "
+        f"{settings.get('park_memory_gb')}`"
+    )
+    return f"""## GPU ({meta.get("gpu")}): time to first completion, stock vs controller
+
+Produced by `benchmarks/bench_startup.py` (driver `benchmarks/gpu/run.sh`);
+raw records in {files}. Machine: {machine}.
+
+Method: random-weight bf16 models of the real shapes, built on the machine.
+Engine args on every side: `{json.dumps(meta.get("engine_args"))}`; vLLM's
+defaults otherwise (torch.compile, CUDA graphs). One run per shape,
+interleaved: each repetition goes once round stock_serve, stock_llm,
+ctrl_new, ctrl_reload, ctrl_unpark; sleep_wake (one process) follows;
+{settings.get("runs")} runs each. The first completion is the same
+everywhere: greedy, {settings.get("max_tokens")} tokens, streamed. The
+controller server ({ctrl}) was started before timing, with a first load of
+the base model (not counted; boot + that load: {", ".join(boots) or "–"}).
+What each scenario times:
+
+{timed_lines}
+
+Compile cache: vLLM's key includes the model path, so each `ctrl_new` copy
+compiles (with Inductor's and Triton's caches warm), while `ctrl_reload`
+and the stock runs of the same folder find their compiled graphs; the
+controller turns on sleep mode for parking, which is a different key than
+stock's (each side fills its own once). Phases are medians, in seconds.
+
+| scenario | model | status | median s | min s | max s | runs s | phases (median s) |
+|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Speed-up of the median time to first completion (stock / controller):
+{chr(10).join(speedups) or "- –"}
+
+{chr(10).join(notes) or ""}
+
+![Start-up phases]({plot})
+"""
+
+
+def draw_plot(records: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Stacked bars of the phase medians; PNG with matplotlib, else SVG."""
+    bars = [
+        (f"{r['model']} {r['scenario']}", segments(r), r.get("median_s"))
+        for r in records
+        if r.get("runs")
+    ]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        path = path.with_suffix(".svg")
+        path.write_text(svg_plot(bars, title))
+        return path
+    path = path.with_suffix(".png")
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(bars) + 2.2))
+    for i, (_, segs, total) in enumerate(bars):
+        left = 0.0
+        for (label, color), width in zip(CATEGORIES, segs, strict=True):
+            ax.barh(i, width, left=left, color=color, label=label if i == 0 else None)
+            left += width
+        if total is not None:
+            ax.text(left, i, f" {total:.1f} s", va="center", fontsize=8)
+    ax.set_yticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds (medians of each phase)")
+    ax.set_title(title)
+    ax.margins(x=0.08)
+    fig.legend(fontsize=7, loc="lower center", ncol=3, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def svg_plot(bars: list[tuple[str, list[float], float | None]], title: str) -> str:
+    """The same stacked bars as plain SVG (linear scale)."""
+    label_w, plot_w, row_h, top = 230, 560, 22, 40
+    legend_h = 18 * len(CATEGORIES) + 10
+    height = top + row_h * len(bars) + 30 + legend_h
+    longest = max((sum(s) for _, s, _ in bars), default=1.0) or 1.0
+    scale = plot_w / longest
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + plot_w + 80}" '
+        f'height="{height}" font-family="sans-serif" font-size="11">',
+        '<rect width="100%" height="100%" fill="white"/>',
+        f'<text x="10" y="20" font-size="14">{html.escape(title)}</text>',
+    ]
+    for i, (name, segs, total) in enumerate(bars):
+        y = top + i * row_h
+        out.append(
+            f'<text x="{label_w - 6}" y="{y + 14}" text-anchor="end">'
+            f"{html.escape(name)}</text>"
+        )
+        x = float(label_w)
+        for (label, color), width in zip(CATEGORIES, segs, strict=True):
+            if width <= 0:
+                continue
+            out.append(
+                f'<rect x="{x:.1f}" y="{y + 3}" width="{width * scale:.1f}" '
+                f'height="{row_h - 6}" fill="{color}"><title>{html.escape(label)}: '
+                f"{width:.2f} s</title></rect>"
+            )
+            x += width * scale
+        if total is not None:
+            out.append(f'<text x="{x + 4:.1f}" y="{y + 14}">{total:.1f} s</text>')
+    y = top + row_h * len(bars) + 10
+    out.append(
+        f'<line x1="{label_w}" y1="{y}" x2="{label_w + plot_w}" y2="{y}" '
+        'stroke="black"/>'
+    )
+    out.append(
+        f'<text x="{label_w + plot_w}" y="{y + 14}" text-anchor="end">'
+        f"{longest:.1f} s (median phases, linear)</text>"
+    )
+    for j, (label, color) in enumerate(CATEGORIES):
+        ly = y + 30 + 18 * j
+        out.append(
+            f'<rect x="{label_w}" y="{ly - 10}" width="12" height="12" fill="{color}"/>'
+        )
+        out.append(f'<text x="{label_w + 18}" y="{ly}">{html.escape(label)}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------- parity
+
+
+def parity_markdown(path: Path, data: dict[str, Any]) -> str:
+    meta = data["metadata"]
+    s = meta.get("settings", {})
+    rows = []
+    for c in s.get("concurrency", []):
+        for side in ("stock", "controller"):
+            m = data.get(side, {}).get(str(c))
+            if not isinstance(m, dict):
+                rows.append(f"| {c} | {side} | – | – | – | – | – | – | – |")
+                continue
+            rows.append(
+                f"| {c} | {side} | {m.get('completed')} | "
+                f"{fmt(m.get('output_throughput'), 0)} | "
+                f"{fmt(m.get('request_throughput'))} | "
+                f"{fmt(m.get('p50_ttft_ms'), 1)} / {fmt(m.get('p99_ttft_ms'), 1)} | "
+                f"{fmt(m.get('p50_itl_ms'))} / {fmt(m.get('p99_itl_ms'))} | "
+                f"{fmt(m.get('p50_tpot_ms'))} | {fmt(m.get('p50_e2el_ms'), 0)} |"
+            )
+    ratio_rows = [
+        f"| {c} | {fmt(data.get('throughput_ratio', {}).get(str(c)), 3)} | "
+        f"{fmt(data.get('ttft_p50_ratio', {}).get(str(c)), 3)} | "
+        f"{fmt(data.get('itl_p50_ratio', {}).get(str(c)), 3)} | "
+        f"{fmt(data.get('itl_p99_ratio', {}).get(str(c)), 3)} |"
+        for c in s.get("concurrency", [])
+    ]
+    errors = [
+        f"- {side} failed: `{error_summary(data[side]['error'])}`"
+        for side in ("stock", "controller")
+        if isinstance(data.get(side), dict) and data[side].get("error")
+    ]
+    servers = ", ".join(
+        f"{side} {data[side]['server']['ready_s']:.1f} s"
+        for side in ("stock", "controller")
+        if isinstance(data.get(side, {}).get("server"), dict)
+    )
+    rr = s.get("range_ratio", {})
+    il, ol = s.get("input_len", 0), s.get("output_len", 0)
+    header = (
+        "| concurrency | server | completed | output tok/s | req/s "
+        "| TTFT p50 / p99 ms | ITL p50 / p99 ms | TPOT p50 ms | E2E p50 ms |\n"
+        "|---|---|---|---|---|---|---|---|---|"
+    )
+    prompts = (
+        f"prompts of {int(il * (1 - rr.get('input', 0)))}–"
+        f"{int(il * (1 + rr.get('input', 0)))} tokens, "
+        f"{int(ol * (1 - rr.get('output', 0)))}–"
+        f"{int(ol * (1 + rr.get('output', 0)))} output tokens"
+    )
+    park = s.get("controller", {}).get("park_memory_gb")
+    return f"""## GPU ({meta.get("gpu")}): serving parity, `vllm serve` vs controller
+
+Produced by `benchmarks/bench_parity.py`; raw results in
+`benchmarks/results/{path.name}`. {meta.get("gpu")}, vLLM {meta.get("vllm")},
+torch {meta.get("torch")}; {meta.get("date")}.
+
+Method: the same {s.get("num_prompts")} requests to each server, one server
+at a time on the same GPU, through upstream's `vllm bench serve` (random
+dataset, seed {s.get("seed")}: {prompts} with `ignore_eos`; greedy;
+streamed `/v1/completions`), all submitted at once behind a concurrency
+limit. Model: {s.get("model")} shape. Engine args on both sides:
+`{json.dumps(meta.get("engine_args"))}`. The controller had one pooled
+worker and `--park-memory-gb {park}` (0: no sleep mode, so its engine args
+equal stock's). Server start to ready: {servers or "–"}.
+
+{header}
+{chr(10).join(rows)}
+
+Controller / stock (1.0 = parity; above 1 is better for throughput, worse
+for latencies):
+
+| concurrency | output throughput | TTFT p50 | ITL p50 | ITL p99 |
+|---|---|---|---|---|
+{chr(10).join(ratio_rows)}
+{chr(10) + chr(10).join(errors) if errors else ""}
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--startup", type=Path, nargs="*", default=None)
+    parser.add_argument("--parity", type=Path, default=None)
+    parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument(
+        "--plot-dir", type=Path, default=None, help="default: next to --doc"
+    )
+    args = parser.parse_args()
+    startup = args.startup if args.startup is not None else newest("startup-*.json")
+    parity = [args.parity] if args.parity else newest("parity-*.json")
+    if startup:
+        meta, records = load_startup(startup)
+        plot_dir = args.plot_dir or args.doc.parent / "img"
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        plot = draw_plot(
+            records,
+            plot_dir / f"startup-phases-{meta.get('gpu_slug', 'gpu')}",
+            f"Time to first completion, {meta.get('gpu')} (median phases)",
+        )
+        rel = (
+            plot.relative_to(args.doc.parent)
+            if plot.is_relative_to(args.doc.parent)
+            else plot
+        )
+        replace_section(
+            args.doc, "gpu-startup", startup_markdown(startup, meta, records, str(rel))
+        )
+        print(f"startup: {', '.join(map(str, startup))} -> {args.doc}, {plot}")
+    if parity:
+        data = json.loads(parity[0].read_text())
+        replace_section(args.doc, "gpu-parity", parity_markdown(parity[0], data))
+        print(f"parity: {parity[0]} -> {args.doc}")
+    if not startup and not parity:
+        sys.exit("no results found (benchmarks/results/startup-*.json, parity-*.json)")
+
+
+if __name__ == "__main__":
+    main()
