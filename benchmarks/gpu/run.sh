@@ -51,7 +51,9 @@
 # half of MemTotal, can read low on a machine whose memory grows on use),
 # PYTHON (default python3), PROMPTS (parity, default 200), SCENARIOS
 # (startup stages; default all six, comma-separated), SHAPES (models stage;
-# default qwen3-0.6b,llama-3.1-8b).
+# default qwen3-0.6b,llama-3.1-8b), ENGINE_ARGS (JSON of EngineArgs fields
+# for every side; default max_model_len 4096 and `vllm serve`'s H100 batch
+# defaults, see gpu_common.DEFAULT_ENGINE_ARGS).
 set -uo pipefail
 [ $# -ge 1 ] || { awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' "$0"; exit 2; }
 
@@ -64,6 +66,8 @@ PARK_GB="${PARK_GB:-48}"
 PROMPTS="${PROMPTS:-200}"
 SCENARIOS="${SCENARIOS:-stock_serve,stock_llm,ctrl_new,ctrl_reload,ctrl_unpark,sleep_wake}"
 SHAPES="${SHAPES:-qwen3-0.6b,llama-3.1-8b}"
+ENGINE=()
+[ -n "${ENGINE_ARGS:-}" ] && ENGINE=(--engine-args "$ENGINE_ARGS")
 PY="${PYTHON:-python3}"
 mkdir -p "$BENCH/models" "$BENCH/results" "$BENCH/logs" "$OUT"
 
@@ -112,17 +116,17 @@ run_stage() {
         ;;
     startup-qwen)
         bench benchmarks/bench_startup.py --models qwen3-0.6b --runs "$RUNS" \
-            --scenarios "$SCENARIOS" --park-memory-gb "$PARK_GB" || rc=$?
+            --scenarios "$SCENARIOS" --park-memory-gb "$PARK_GB" ${ENGINE[@]+"${ENGINE[@]}"} || rc=$?
         collect "$stage"
         ;;
     startup-llama)
         bench benchmarks/bench_startup.py --models llama-3.1-8b --runs "$RUNS" \
-            --scenarios "$SCENARIOS" --park-memory-gb "$PARK_GB" || rc=$?
+            --scenarios "$SCENARIOS" --park-memory-gb "$PARK_GB" ${ENGINE[@]+"${ENGINE[@]}"} || rc=$?
         collect "$stage"
         ;;
     parity)
         bench benchmarks/bench_parity.py --model qwen3-0.6b --num-prompts "$PROMPTS" \
-            --concurrency 1,32 || rc=$?
+            --concurrency 1,32 ${ENGINE[@]+"${ENGINE[@]}"} || rc=$?
         collect "$stage"
         ;;
     results)
