@@ -66,6 +66,13 @@ def make_parser() -> FlexibleArgumentParser:
     group.add_argument("--num-workers", type=int, default=1)
     group.add_argument("--num-engine-hosts", type=int, default=None)
     group.add_argument(
+        "--devices",
+        type=lambda text: [int(d) for d in text.split(",")],
+        default=None,
+        help="GPU indices for the workers, e.g. 0,1 (round-robin; default: "
+        "every visible GPU)",
+    )
+    group.add_argument(
         "--park-memory-gb",
         type=float,
         default=None,
@@ -168,6 +175,7 @@ async def serve(args: Namespace, engine_args: dict) -> None:
     controller = WorkerController(
         num_workers=args.num_workers,
         num_engine_hosts=args.num_engine_hosts,
+        devices=args.devices,
         park_memory_bytes=int(park_gb * 2**30),
         # vLLM's engine metrics on /metrics, as `vllm serve` has them.
         log_stats=not args.disable_log_stats,
