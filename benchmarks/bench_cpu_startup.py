@@ -38,6 +38,9 @@ from vllm import SamplingParams  # noqa: E402
 from vllm.worker_controller import WorkerController  # noqa: E402
 from vllm.worker_controller.demo_model import ensure_demo_model  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_common import replace_section  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 PROMPT = "Once upon a time, there was a little"
 MAX_TOKENS = 16
@@ -182,18 +185,6 @@ slower than the following ones (see `runs s`). GPU figures are measured
 separately on an H100/H200 (issue #4).
 """
     replace_section(HERE.parent / "docs" / "benchmarks.md", "cpu-startup", text)
-
-
-def replace_section(path: Path, name: str, text: str) -> None:
-    """Rewrites one marked section of a shared results page, keeping the rest."""
-    begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
-    block = f"{begin}\n{text}{end}"
-    page = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if begin in page:
-        page = page[: page.index(begin)] + block + page[page.index(end) + len(end) :]
-    else:
-        page = page.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(page)
 
 
 def main() -> None:

@@ -123,80 +123,6 @@ SHAPES: dict[str, dict[str, Any]] = {
     },
 }
 
-# ---------------------------------------------------------------- tokenizer
-
-TOKENIZER_VOCAB = 512
-SPECIAL_TOKENS = {
-    "unk_token": "<unk>",
-    "bos_token": "<s>",
-    "eos_token": "</s>",
-    "pad_token": "<pad>",
-}
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
-CORPUS = """\
-Once upon a time, there was a little girl who loved to read books about the
-stars, the planets and the moon. Every morning she walked to the harbour to
-watch the boats come in while the gulls cried over the water.
-The capital of France is Paris. Paris is known for its museums, its cafes and
-the long river that runs through the middle of the city.
-Engineers measure how fast a model starts, how many tokens it serves each
-second, and how much memory it needs on the device and on the host.
-A warm pool of worker processes loads a model in place: the processes have
-already imported their libraries and set up the device, so only the model's
-own work remains: weights, profiling, the cache and the compiled graphs.
-"""
-
-
-def build_tokenizer(dest: Path, model_max_length: int) -> dict[str, int]:
-    """Trains a small byte-level BPE tokenizer offline and saves it in ``dest``.
-
-    There is no model hub on the GPU machine; text prompts, chat templates and
-    ``vllm bench serve``'s random dataset all need a real tokenizer. It
-    prepends BOS like Llama's does. Returns the special tokens' ids for the
-    model config.
-    """
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=TOKENIZER_VOCAB,
-        special_tokens=list(SPECIAL_TOKENS.values()),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
-    bos = SPECIAL_TOKENS["bos_token"]
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A",
-        pair=f"{bos} $A {bos} $B",
-        special_tokens=[(bos, tok.token_to_id(bos))],
-    )
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tok, chat_template=CHAT_TEMPLATE, **SPECIAL_TOKENS
-    )
-    wrapped.model_max_length = model_max_length
-    wrapped.save_pretrained(dest)
-    return {
-        "bos_token_id": tok.token_to_id(SPECIAL_TOKENS["bos_token"]),
-        "eos_token_id": tok.token_to_id(SPECIAL_TOKENS["eos_token"]),
-        "pad_token_id": tok.token_to_id(SPECIAL_TOKENS["pad_token"]),
-    }
-
-
 # ------------------------------------------------------------------- models
 
 SHARD_BYTES = 4 * 2**30
@@ -214,6 +140,9 @@ def build_model(shape: str, models_dir: Path) -> Path:
     import torch
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    sys.path.insert(0, str(REPO))
+    from tests.worker_controller.models import build_tokenizer
 
     out = models_dir / shape
     if (out / "config.json").exists():
@@ -818,7 +747,7 @@ def write_json(path: Path, data: Any, mirror_dirs: Iterable[str | Path] = ()) ->
 
 def replace_section(path: Path, name: str, text: str) -> None:
     """Rewrites one marked section of a shared results page, keeping the rest
-    (same markers as ``bench_cpu_startup.py``)."""
+    (the CPU benchmark's section too)."""
     begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
     block = f"{begin}\n{text}{end}"
     page = path.read_text() if path.exists() else "# Benchmarks\n\n"

@@ -61,11 +61,13 @@ SEED = 1234
 KINDS = ("qwen3", "opt", "llama")
 
 
-def build_tokenizer(dest: Path) -> None:
+def build_tokenizer(dest: Path, model_max_length: int = 512) -> dict[str, int]:
     """Train a byte-level BPE tokenizer on CORPUS and save it into ``dest``.
 
     Like Llama's, it prepends BOS when encoding with special tokens, which is
-    what both vLLM (for text prompts) and ``hf_greedy`` do.
+    what both vLLM (for text prompts) and ``hf_greedy`` do. Returns the
+    special tokens' ids, for a model config. (The GPU benchmarks use it too:
+    there is no model hub there either.)
     """
     tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -86,8 +88,12 @@ def build_tokenizer(dest: Path) -> None:
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tok, chat_template=CHAT_TEMPLATE, **SPECIAL_TOKENS
     )
-    wrapped.model_max_length = 512
+    wrapped.model_max_length = model_max_length
     wrapped.save_pretrained(dest)
+    return {
+        f"{kind}_id": tok.token_to_id(SPECIAL_TOKENS[kind])
+        for kind in ("bos_token", "eos_token", "pad_token")
+    }
 
 
 def _config(kind: str, vocab_size: int, token_ids: dict[str, int]) -> PretrainedConfig:
