@@ -325,14 +325,7 @@ class ModelRouter:
             try:
                 await self.unpark(name)
             except (WorkerControllerError, ModelUnavailable) as e:
-                await _error(
-                    send,
-                    503,
-                    f"The model `{name}` is parked and cannot be unparked now: {e}",
-                    "ServiceUnavailableError",
-                    param="model",
-                    headers=[(b"retry-after", b"5")],
-                )
+                await _unavailable(send, name, f"is parked and cannot unpark now: {e}")
                 return
         if served is None and (entry := self.resolve(name)) is not None:
             try:
@@ -344,14 +337,7 @@ class ModelRouter:
                 )
                 return
             except ModelUnavailable as e:
-                await _error(
-                    send,
-                    503,
-                    f"The model `{name}` cannot be loaded now: {e}",
-                    "ServiceUnavailableError",
-                    param="model",
-                    headers=[(b"retry-after", b"5")],
-                )
+                await _unavailable(send, name, f"cannot be loaded now: {e}")
                 return
         if served is None:
             await _error(
@@ -427,6 +413,18 @@ async def _json(
         }
     )
     await send({"type": "http.response.body", "body": data})
+
+
+async def _unavailable(send: Send, name: str, why: str) -> None:
+    """503 with Retry-After: the model exists but cannot serve yet."""
+    await _error(
+        send,
+        503,
+        f"The model `{name}` {why}",
+        "ServiceUnavailableError",
+        param="model",
+        headers=[(b"retry-after", b"5")],
+    )
 
 
 async def _error(
