@@ -39,7 +39,7 @@ from vllm.worker_controller import WorkerController  # noqa: E402
 from vllm.worker_controller.demo_model import ensure_demo_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_common import replace_section  # noqa: E402
+from gpu_common import cpu_name, replace_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PROMPT = "Once upon a time, there was a little"
@@ -115,14 +115,7 @@ def summary(runs: list[float]) -> dict:
 
 
 def machine() -> dict:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_name()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

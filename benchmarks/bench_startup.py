@@ -49,6 +49,7 @@ from gpu_common import (  # noqa: E402
     HERE,
     MAX_TOKENS,
     PROMPT,
+    SCENARIOS,
     SHAPES,
     Deadline,
     HttpError,
@@ -75,14 +76,6 @@ from gpu_common import (  # noqa: E402
     write_json,
 )
 
-SCENARIOS = (
-    "stock_serve",
-    "stock_llm",
-    "ctrl_new",
-    "ctrl_reload",
-    "ctrl_unpark",
-    "sleep_wake",
-)
 CTRL_SCENARIOS = ("ctrl_new", "ctrl_reload", "ctrl_unpark")
 # A scenario that failed this often is not tried again (it would fail again
 # and eat the stage's time).

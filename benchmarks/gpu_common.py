@@ -653,9 +653,19 @@ def versions() -> dict[str, str]:
     return out
 
 
-def machine_metadata() -> dict[str, Any]:
-    gpu = gpu_info()
-    cpu = next(
+SCENARIOS = (
+    "stock_serve",
+    "stock_llm",
+    "ctrl_new",
+    "ctrl_reload",
+    "ctrl_unpark",
+    "sleep_wake",
+)
+"""``bench_startup.py``'s scenarios, in the order each repetition runs them."""
+
+
+def cpu_name() -> str:
+    return next(
         (
             line.split(":", 1)[1].strip()
             for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -663,6 +673,11 @@ def machine_metadata() -> dict[str, Any]:
         ),
         platform.processor(),
     )
+
+
+def machine_metadata() -> dict[str, Any]:
+    gpu = gpu_info()
+    cpu = cpu_name()
     return {
         "gpu": gpu["name"] if gpu else "cpu",
         "gpu_slug": gpu_slug(gpu),

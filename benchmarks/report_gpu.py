@@ -25,16 +25,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_common import HERE, REPO, replace_section  # noqa: E402
+from gpu_common import HERE, REPO, SCENARIOS, replace_section  # noqa: E402
 
-ORDER = (
-    "stock_serve",
-    "stock_llm",
-    "ctrl_new",
-    "ctrl_reload",
-    "ctrl_unpark",
-    "sleep_wake",
-)
 # Phases shown in the table, per scenario (medians; others stay in the JSON).
 TABLE_PHASES = {
     "stock_serve": (
@@ -173,7 +165,7 @@ def load_startup(paths: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]
             records[(r["model"], r["scenario"])] = r
     ordered = sorted(
         records.values(),
-        key=lambda r: (r["model"], ORDER.index(r["scenario"])),
+        key=lambda r: (r["model"], SCENARIOS.index(r["scenario"])),
     )
     return meta, ordered
 
