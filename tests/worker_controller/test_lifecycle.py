@@ -2,7 +2,15 @@
 """Load, serve and unload real engines in the same warm processes."""
 
 import asyncio
+import json
+import shutil
+import uuid
+from pathlib import Path
 
+import torch
+from safetensors.torch import load_file, save_file
+
+import vllm.envs as envs
 from tests.worker_controller.conftest import (
     POOL_WORKERS,
     TINY_ARGS,
@@ -143,3 +151,41 @@ def test_compiled_model_is_fully_released(controller, tiny_models, greedy):
         assert greedy("compiled", PROMPT) == hf_greedy(tiny_models[kind], PROMPT, 16)
         (report,) = controller.unload("compiled").workers
         assert report["leaked"] == [] and not report["recycled"], report
+
+
+def test_checkpoints_of_one_architecture_share_the_compiled_model(
+    controller, tiny_models, greedy, tmp_path
+):
+    """Two checkpoints at two paths with one config.json: the second load
+    uses the first one's AOT-compiled model (no new artifact), and answers
+    with its own weights."""
+    # A config no earlier run has compiled, so the first load must compile.
+    eps = 1e-6 * (1 + uuid.uuid4().int % 10**6 / 10**6)
+    paths = []
+    for i, name in enumerate(("first", "second")):
+        path = tmp_path / name
+        shutil.copytree(tiny_models["llama"], path)
+        config = json.loads((path / "config.json").read_text())
+        (path / "config.json").write_text(json.dumps({**config, "rms_norm_eps": eps}))
+        weights = load_file(path / "model.safetensors")
+        torch.manual_seed(i)
+        save_file(
+            {k: v + 0.02 * torch.randn_like(v) for k, v in weights.items()},
+            path / "model.safetensors",
+            metadata={"format": "pt"},
+        )
+        paths.append(path)
+    artifacts = Path(envs.VLLM_CACHE_ROOT, "torch_compile_cache", "torch_aot_compile")
+    args = {**TINY_ARGS, "enforce_eager": False}
+    before = set(artifacts.glob("*"))
+    created = []
+    try:
+        for path in paths:
+            controller.load(str(path), name="compiled", **args)
+            assert greedy("compiled", PROMPT) == hf_greedy(path, PROMPT, 16)
+            controller.unload("compiled")
+            created.append(set(artifacts.glob("*")) - before - set().union(*created))
+    finally:  # artifacts of a one-off config are of no use to later runs
+        for artifact in set(artifacts.glob("*")) - before:
+            shutil.rmtree(artifact, ignore_errors=True)
+    assert [len(c) for c in created] == [1, 0], created

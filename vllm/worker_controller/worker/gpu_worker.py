@@ -33,6 +33,9 @@ from vllm.v1.executor.multiproc_executor import WorkerProc
 from vllm.v1.outputs import AsyncModelRunnerOutput
 from vllm.worker_controller.config import make_dummy_vllm_config
 from vllm.worker_controller.process import ControlServer, PooledProcessHandler
+from vllm.worker_controller.worker.compile_cache import (
+    key_compile_cache_by_architecture,
+)
 from vllm.worker_controller.worker.model_runner import (
     driver_memory_in_use,
     leak_probes,
@@ -145,6 +148,9 @@ class PooledWorker(PooledProcessHandler):
         self._released.clear()
         self.state = "loading"
         start = time.perf_counter()
+        # A pool loads many checkpoints of few architectures: let them share
+        # one compiled artifact (see compile_cache).
+        key_compile_cache_by_architecture(vllm_config)
         try:
             self.proc = PooledWorkerProc(
                 vllm_config=vllm_config,
