@@ -10,7 +10,11 @@ process, N cycles) runs after them.
 - ``stock_llm``: a fresh process, ``LLM(...)`` → first output;
 - ``ctrl_new``: ``POST /v1/controller/models`` of a model this pool never
   loaded (a new hard-linked copy of the folder, new name and path, so
-  nothing keyed by either helps) → first completion;
+  nothing keyed by either helps) → first completion; its architecture was
+  compiled before, as for a fine-tune of a served base model;
+- ``ctrl_new_arch``: the same, but its ``config.json`` differs (a unique
+  ``rms_norm_eps``), so no compiled artifact on the machine fits it: what
+  a model of a never-seen architecture pays;
 - ``ctrl_reload``: load again a model unloaded a few minutes earlier →
   first completion (its unload is timed as a phase);
 - ``ctrl_unpark``: park a loaded model, then a completion request to it
@@ -21,9 +25,9 @@ process, N cycles) runs after them.
 
 The controller server is started once per model shape, before timing, with
 a warm pool (``--num-workers 3``: a parked model keeps its processes). Its
-first load of the base model also fills that model's compile cache, so every
-``ctrl_reload`` finds it warm; a ``ctrl_new`` copy never does (vLLM's
-compile-cache key includes the model path): it pays what a new model pays.
+first load of the base model also fills that architecture's compile cache,
+which ``ctrl_reload`` and ``ctrl_new`` find (the pool keys it by the HF
+config, not the path); a ``ctrl_new_arch`` copy never does.
 
 Results go to ``startup-<gpu>-<date>.json`` after every run; a second call
 with the same output resumes where the first stopped (``--deadline-s``
@@ -39,6 +43,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +81,7 @@ from gpu_common import (  # noqa: E402
     write_json,
 )
 
-CTRL_SCENARIOS = ("ctrl_new", "ctrl_reload", "ctrl_unpark")
+CTRL_SCENARIOS = ("ctrl_new", "ctrl_new_arch", "ctrl_reload", "ctrl_unpark")
 # A scenario that failed this often is not tried again (it would fail again
 # and eat the stage's time).
 MAX_FAILURES = 2
@@ -87,6 +92,7 @@ DEFAULT_ESTIMATES_S = {
         "stock_serve": 100,
         "stock_llm": 90,
         "ctrl_new": 60,
+        "ctrl_new_arch": 60,
         "ctrl_reload": 40,
         "ctrl_unpark": 25,
         "sleep_wake": 110,
@@ -96,6 +102,7 @@ DEFAULT_ESTIMATES_S = {
         "stock_serve": 150,
         "stock_llm": 150,
         "ctrl_new": 100,
+        "ctrl_new_arch": 100,
         "ctrl_reload": 70,
         "ctrl_unpark": 60,
         "sleep_wake": 200,
@@ -106,8 +113,10 @@ WHAT_IS_TIMED = {
     "stock_serve": "launch of `vllm serve MODEL` → first completion answered "
     "(/health polled every 0.1 s, then one streamed completion)",
     "stock_llm": "launch of a Python process → `LLM(...)` → first output",
-    "ctrl_new": "POST /v1/controller/models of a never-loaded copy → first "
-    "completion answered",
+    "ctrl_new": "POST /v1/controller/models of a never-loaded copy (an "
+    "architecture compiled before) → first completion answered",
+    "ctrl_new_arch": "POST /v1/controller/models of a never-loaded copy with "
+    "a config.json never compiled on this machine → first completion answered",
     "ctrl_reload": "POST /v1/controller/models of a model unloaded earlier "
     "in this pool → first completion answered (unload timed separately)",
     "ctrl_unpark": "completion request to a parked model (unparked on "
@@ -457,16 +466,27 @@ class Bench:
         return phases
 
     def ctrl_new(self, model: str, base: Path) -> dict[str, Any]:
+        return self._ctrl_new_copy(model, base, "new", None)
+
+    def ctrl_new_arch(self, model: str, base: Path) -> dict[str, Any]:
+        eps = json.loads((base / "config.json").read_text())["rms_norm_eps"]
+        # Unique to this run, so no compile cache anywhere matches it.
+        unique = 1 + (uuid.uuid4().int % 10**6) / 10**9
+        return self._ctrl_new_copy(model, base, "arch", {"rms_norm_eps": eps * unique})
+
+    def _ctrl_new_copy(
+        self, model: str, base: Path, kind: str, overrides: dict[str, Any] | None
+    ) -> dict[str, Any]:
         ctrl = self.require_ctrl()
         unloaded = ctrl.unload_all()
         state = self.results.data.setdefault("state", {})
         used = state.setdefault("used_copies", {}).setdefault(model, [])
-        name = f"{model}-new-{len(used) + 1}"
+        name = f"{model}-{kind}-{len(used) + 1}"
         # Recorded before the load: a copy that a cut-short call loaded once
         # (compile cache written) is never "new" again.
         used.append(name)
         self.results.save()
-        path = make_copy(base, name)
+        path = make_copy(base, name, overrides)
         post_s, resp = ctrl.load(path, name)
         c = stream_completion(ctrl.url, name, timeout=self.args.request_timeout)
         unload_s = ctrl.unload(name)

@@ -236,12 +236,15 @@ def ensure_models(models_dir: Path, shapes: Iterable[str]) -> dict[str, Path]:
     return {s: models_dir / s for s in shapes}
 
 
-def make_copy(base: Path, name: str) -> Path:
+def make_copy(
+    base: Path, name: str, config_overrides: dict[str, Any] | None = None
+) -> Path:
     """A new model folder with ``base``'s files under another name and path.
 
     Hard links (symbolic links across file systems): no extra disk, and the
     weights stay in the page cache, so a "new" model costs what a new model
-    costs except for reading the disk, on both sides alike.
+    costs except for reading the disk, on both sides alike. With
+    ``config_overrides``, ``config.json`` is a changed copy instead.
     """
     dest = base.parent / name
     if dest.exists():
@@ -250,6 +253,10 @@ def make_copy(base: Path, name: str) -> Path:
     os.chmod(tmp, 0o755)
     try:
         for f in base.iterdir():
+            if config_overrides and f.name == "config.json":
+                config = {**json.loads(f.read_text()), **config_overrides}
+                (tmp / f.name).write_text(json.dumps(config, indent=2))
+                continue
             try:
                 os.link(f, tmp / f.name)
             except OSError:
@@ -657,6 +664,7 @@ SCENARIOS = (
     "stock_serve",
     "stock_llm",
     "ctrl_new",
+    "ctrl_new_arch",
     "ctrl_reload",
     "ctrl_unpark",
     "sleep_wake",

@@ -59,6 +59,18 @@ TABLE_PHASES = {
         "first_completion",
         "unload_after",
     ),
+    "ctrl_new_arch": (
+        "weights",
+        "profile",
+        "kv_cache",
+        "compile_and_warm_up",
+        "engine_init",
+        "client",
+        "router_http",
+        "first_token",
+        "first_completion",
+        "unload_after",
+    ),
     "ctrl_reload": (
         "unload",
         "weights",
@@ -107,7 +119,7 @@ def segments(record: dict[str, Any]) -> list[float]:
         seg[1] = model
         seg[2] = engine
         seg[5] = g("first_completion", g("first_output", 0.0))
-    elif sc in ("ctrl_new", "ctrl_reload"):
+    elif sc in ("ctrl_new", "ctrl_new_arch", "ctrl_reload"):
         seg[1] = g("config", 0.0) + g("lease", 0.0) + g("weights", 0.0)
         seg[2] = g("engine_init", 0.0)
         seg[3] = g("client", 0.0) + max(g("router_http", 0.0), 0.0)
@@ -220,12 +232,35 @@ def startup_markdown(
         for stock in ("stock_serve", "stock_llm"):
             parts = [
                 f"{ctrl} {by[stock] / by[ctrl]:.1f}x"
-                for ctrl in ("ctrl_new", "ctrl_reload", "ctrl_unpark")
+                for ctrl in SCENARIOS
+                if ctrl.startswith("ctrl")
                 if by.get(stock) and by.get(ctrl)
             ]
             if parts:
                 speedups.append(f"- {model}, {stock} / " + ", ".join(parts))
     settings = meta.get("settings", {})
+    arch_keyed = sorted(
+        {r["model"] for r in records if r["scenario"] == "ctrl_new_arch"}
+    )
+    path_keyed = sorted({r["model"] for r in records} - set(arch_keyed))
+    compile_cache = []
+    if arch_keyed:
+        compile_cache.append(
+            f"for {', '.join(arch_keyed)}, the pool keyed it by the model's HF "
+            "config, so a `ctrl_new` copy found its base's compiled model, as "
+            "`ctrl_reload` and the stock runs of the same folder do, while a "
+            "`ctrl_new_arch` copy compiled (with Inductor's and Triton's caches "
+            "warm)."
+        )
+    if path_keyed:
+        compile_cache.append(
+            f"For {', '.join(path_keyed)} (runs made before the pool keyed "
+            "it by HF config), vLLM's key included the model path, so each "
+            "`ctrl_new` copy compiled."
+        )
+    rounds = ", ".join(
+        s for s in settings.get("scenario_order", SCENARIOS) if s != "sleep_wake"
+    )
     boots = [
         f"{c['model']} {c['boot_and_first_load_s']:.1f} s"
         for inv in meta.get("invocations", [])
@@ -253,8 +288,8 @@ raw records in {files}. Machine: {machine}.
 Method: random-weight bf16 models of the real shapes, built on the machine.
 Engine args on every side: `{json.dumps(meta.get("engine_args"))}`; vLLM's
 defaults otherwise (torch.compile, CUDA graphs). One run per shape,
-interleaved: each repetition goes once round stock_serve, stock_llm,
-ctrl_new, ctrl_reload, ctrl_unpark; sleep_wake (one process) follows;
+interleaved: each repetition goes once round {rounds};
+sleep_wake (one process) follows;
 {settings.get("runs")} runs each. The first completion is the same
 everywhere: greedy, {settings.get("max_tokens")} tokens, streamed. The
 controller server ({ctrl}) was started before timing, with a first load of
@@ -263,11 +298,9 @@ What each scenario times:
 
 {timed_lines}
 
-Compile cache: vLLM's key includes the model path, so each `ctrl_new` copy
-compiles (with Inductor's and Triton's caches warm), while `ctrl_reload`
-and the stock runs of the same folder find their compiled graphs; the
-controller turns on sleep mode for parking, which is a different key than
-stock's (each side fills its own once). Phases are medians, in seconds.
+Compile cache: {" ".join(compile_cache)} The controller turns on sleep mode for
+parking, which is a different key than stock's (each side fills its own
+once). Phases are medians, in seconds.
 
 | scenario | model | status | median s | min s | max s | runs s | phases (median s) |
 |---|---|---|---|---|---|---|---|
