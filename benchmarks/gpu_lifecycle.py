@@ -188,7 +188,11 @@ def main() -> None:
     }
     loop = asyncio.new_event_loop()
     boot = time.perf_counter()
-    with WorkerController(num_workers=1, park_memory_bytes=64 << 30) as controller:
+    # One pooled worker per rank of the engine.
+    num_workers = POOL_ARGS.get("tensor_parallel_size", 1)
+    with WorkerController(
+        num_workers=num_workers, park_memory_bytes=64 << 30
+    ) as controller:
         report["pool_boot_s"] = time.perf_counter() - boot
         report["workers"] = controller.list_workers()
         report["gpu_processes_at_boot"] = gpu_processes()

@@ -35,6 +35,14 @@
 #   parity         bench_parity.py, Qwen3-0.6B shape: stock `vllm serve`,
 #                  then the controller; `vllm bench serve`, 200 prompts at
 #                  concurrency 1 (~80 s) and 32 (~10 s) on each side  ~5 min
+#   leak           gpu_lifecycle.py, $CYCLES (default 6) load / generate /
+#                  unload cycles of two small models, three times: without
+#                  sleep mode, with it, with it and eager; the worker's
+#                  driver-level memory after each unload       ~6-8 min
+#   unpark-kv      gpu_lifecycle.py, 2 park cycles of the Qwen3-0.6B shape
+#                  with a KV cache of 2, 8 and 32 GiB                 ~3 min
+#   tp2            gpu_lifecycle.py with tensor_parallel_size 2 (two pooled
+#                  workers; needs 2 GPUs), tokens against stock TP=2  ~4 min
 #   results        copy every result JSON and the logs to $OUT        ~0.1 min
 # Everything: ~40 min of device time. In ~25 min: check+models (Qwen only),
 # startup-qwen twice, parity (~20 min), then startup-llama as far as it gets.
@@ -46,7 +54,7 @@
 # returns; at most 8 files) as it goes, plus $OUT/STAGE.log and, at the end,
 # $OUT/logs-STAGE.tgz (server logs).
 #
-# Environment: BENCH_DIR, DEADLINE_S, RUNS (default 3), PARK_GB (the
+# Environment: BENCH_DIR, CYCLES, DEADLINE_S, RUNS (default 3), PARK_GB (the
 # controller's --park-memory-gb, default 48: the controller's own default,
 # half of MemTotal, can read low on a machine whose memory grows on use),
 # PYTHON (default python3), PROMPTS (parity, default 200), SCENARIOS
@@ -91,6 +99,19 @@ bench() {
     timeout -k 30 "$((DEADLINE_S + 60))" "$PY" "$@" --deadline-s "$DEADLINE_S" "${COMMON[@]}"
 }
 
+# gpu_lifecycle.py as variant NAME (the results file's name) with ARGS;
+# without --with-stock it skips the stock reference tokens.
+lifecycle() {
+    local name="$1" stock=(--no-stock)
+    shift
+    [ "${1:-}" = --with-stock ] && { stock=(); shift; }
+    local gpu
+    gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -oiE '[ahbl][0-9]+s?' | head -1 | tr A-Z a-z)
+    timeout -k 30 "$DEADLINE_S" "$PY" benchmarks/gpu_lifecycle.py "${stock[@]}" \
+        --cycles "${CYCLES:-6}" --models-dir "$BENCH/lifecycle-models" \
+        --out "$BENCH/results/gpu-lifecycle-$name-${gpu:-gpu}-$(cat "$BENCH/date").json" "$@"
+}
+
 collect() {
     cp "$BENCH"/results/*.json "$OUT"/ 2>/dev/null
     tar czf "$OUT/logs-$1.tgz" -C "$BENCH" logs 2>/dev/null
@@ -129,6 +150,27 @@ run_stage() {
             --concurrency 1,32 ${ENGINE[@]+"${ENGINE[@]}"} || rc=$?
         collect "$stage"
         ;;
+    leak)
+        # Where the driver-level drift per load comes from: the lifecycle
+        # without sleep mode, with it (never parked), with it but eager.
+        lifecycle nosleep --no-park --engine-args '{"enable_sleep_mode": false}' || rc=$?
+        lifecycle sleep --no-park || rc=$?
+        lifecycle sleep-eager --no-park --engine-args '{"enforce_eager": true}' || rc=$?
+        collect "$stage"
+        ;;
+    unpark-kv)
+        # Unpark time against the KV cache size it re-maps.
+        for gib in 2 8 32; do
+            lifecycle "park-kv${gib}g" --cycles 2 --models qwen3-0.6b \
+                --engine-args "{\"kv_cache_memory_bytes\": $((gib << 30))}" || rc=$?
+        done
+        collect "$stage"
+        ;;
+    tp2)
+        # Two ranks in two pooled processes; tokens against stock TP=2.
+        lifecycle tp2 --cycles 4 --with-stock --engine-args '{"tensor_parallel_size": 2}' || rc=$?
+        collect "$stage"
+        ;;
     results)
         collect "$stage"
         ;;
@@ -143,7 +185,7 @@ run_stage() {
         collect "$stage"
         ;;
     *)
-        echo "unknown stage $stage (check, models, startup-qwen, startup-llama, parity, results, smoke)" >&2
+        echo "unknown stage $stage (check, models, startup-qwen, startup-llama, parity, leak, unpark-kv, tp2, results, smoke)" >&2
         return 2
         ;;
     esac
