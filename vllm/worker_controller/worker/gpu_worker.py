@@ -37,6 +37,7 @@ from vllm.worker_controller.worker.compile_cache import (
     key_compile_cache_by_architecture,
 )
 from vllm.worker_controller.worker.model_runner import (
+    cumem_pool_report,
     driver_memory_in_use,
     leak_probes,
     memory_in_use,
@@ -165,6 +166,8 @@ class PooledWorker(PooledProcessHandler):
             self.unload_model()
             raise
         self.loads += 1
+        if os.environ.get("VLLM_WC_DEBUG_LEAKS") == "1":
+            logger.info("After load_model: %s", cumem_pool_report())
         assert self.proc.worker_response_mq is not None
         runner = self.proc.worker.worker.model_runner
         return {
@@ -198,26 +201,40 @@ class PooledWorker(PooledProcessHandler):
         if proc is not None and proc.rpc_broadcast_mq is not None:
             proc.rpc_broadcast_mq.shutdown()
 
+    def _log_driver_memory(self, when: str) -> None:
+        used = driver_memory_in_use(self.device_index)
+        if used is not None and self.driver_baseline_bytes is not None:
+            growth = (used - self.driver_baseline_bytes) >> 20
+            logger.info("Driver memory %s: %d MiB over boot", when, growth)
+
     def unload_model(self) -> dict[str, Any]:
         """Full reset, then the memory check against the boot baseline."""
         self.state = "unloading"
         start = time.perf_counter()
         proc, self.proc = self.proc, None
         probes: dict[str, weakref.ref] = {}
+        debug = os.environ.get("VLLM_WC_DEBUG_LEAKS") == "1"
         if proc is not None:
             worker = getattr(proc.worker, "worker", None)
             probes = leak_probes(worker)
             release_compiled_model(worker)
+            if debug and self.device_index is not None:
+                logger.info("Before teardown: %s", cumem_pool_report())
+                self._log_driver_memory("before teardown")
             proc.shutdown()
             del proc, worker
+            if debug:
+                self._log_driver_memory("after WorkerProc.shutdown")
         # Idempotent; needed when a load failed after joining its group.
         destroy_model_parallel()
         destroy_distributed_environment()
         reset_process_state()
+        if debug:
+            self._log_driver_memory("after the process-state reset")
         # Memory figures alone can miss a leak (untouched pages are not in
         # RSS); a surviving runner, model or KV tensor cannot hide.
         leaked = [what for what, ref in probes.items() if ref() is not None]
-        if leaked and os.environ.get("VLLM_WC_DEBUG_LEAKS") == "1":
+        if leaked and debug:
             for what in leaked:
                 for chain in referrer_chains(probes[what]()):
                     logger.warning("Unloaded %s still referenced: %s", what, chain)

@@ -164,6 +164,34 @@ def _cumem_bytes() -> int:
     )
 
 
+def cumem_pool_report() -> str:
+    """Sleep mode's memory pools: their segments, and how many of them the
+    allocator no longer tracks (``VLLM_WC_DEBUG_LEAKS``).
+
+    A segment that the pool still holds but ``CuMemAllocator`` has
+    forgotten cannot be freed through it when the pool is destroyed.
+    """
+    from vllm.device_allocator.cumem import CuMemAllocator
+
+    allocator = CuMemAllocator.instance
+    if allocator is None:
+        return "no cumem pools"
+    parts = []
+    for tag, (pool, _) in allocator.allocator_and_pools.items():
+        segments = pool.snapshot()
+        untracked = [
+            s for s in segments if s["address"] not in allocator.pointer_to_data
+        ]
+        parts.append(
+            f"{tag}: {len(segments)} segments "
+            f"({sum(s['total_size'] for s in segments) >> 20} MiB, "
+            f"{sum(s['allocated_size'] for s in segments) >> 20} MiB in use), "
+            f"{len(untracked)} untracked "
+            f"({sum(s['total_size'] for s in untracked) >> 20} MiB)"
+        )
+    return "; ".join(parts) or "no cumem pools"
+
+
 def leak_probes(worker) -> dict[str, weakref.ref]:
     """Weak references to what an unload must free (``VLLM_WC_DEBUG_LEAKS``)."""
     runner = worker.model_runner
