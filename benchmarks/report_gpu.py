@@ -166,6 +166,18 @@ def newest(pattern: str) -> list[Path]:
 # ------------------------------------------------------------------ startup
 
 
+def all_startup_results() -> list[Path]:
+    """Every GPU startup results file, oldest run first (so that a later
+    re-run of a model's scenarios replaces the earlier records)."""
+
+    def started(path: Path) -> str:
+        invocations = json.loads(path.read_text())["metadata"].get("invocations")
+        return invocations[0]["started"] if invocations else ""
+
+    paths = (HERE / "results").glob("startup-*.json")
+    return sorted((p for p in paths if "-cpu-" not in p.name), key=started)
+
+
 def load_startup(paths: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metadata of the first file, records of all (later files win)."""
     meta: dict[str, Any] = {}
@@ -258,9 +270,8 @@ def startup_markdown(
             "it by HF config), vLLM's key included the model path, so each "
             "`ctrl_new` copy compiled."
         )
-    rounds = ", ".join(
-        s for s in settings.get("scenario_order", SCENARIOS) if s != "sleep_wake"
-    )
+    present = {r["scenario"] for r in records}
+    rounds = ", ".join(s for s in SCENARIOS if s in present and s != "sleep_wake")
     boots = [
         f"{c['model']} {c['boot_and_first_load_s']:.1f} s"
         for inv in meta.get("invocations", [])
@@ -491,7 +502,7 @@ def main() -> None:
         "--plot-dir", type=Path, default=None, help="default: next to --doc"
     )
     args = parser.parse_args()
-    startup = args.startup if args.startup is not None else newest("startup-*.json")
+    startup = args.startup if args.startup is not None else all_startup_results()
     parity = [args.parity] if args.parity else newest("parity-*.json")
     if startup:
         meta, records = load_startup(startup)
