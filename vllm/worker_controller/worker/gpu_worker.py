@@ -36,6 +36,7 @@ from vllm.worker_controller.process import ControlServer, PooledProcessHandler
 from vllm.worker_controller.worker.compile_cache import (
     key_compile_cache_by_architecture,
 )
+from vllm.worker_controller.worker.cumem import install_pool_releasing_allocator
 from vllm.worker_controller.worker.model_runner import (
     cumem_pool_report,
     driver_memory_in_use,
@@ -272,5 +273,6 @@ def run_pooled_worker(conn: Connection, index: int, device_index: int | None) ->
 
             current_platform.set_device(torch.device(f"cuda:{device_index}"))
             torch.zeros(1, device=f"cuda:{device_index}")  # creates the context
+            install_pool_releasing_allocator()
     release_memory()
     ControlServer(conn, PooledWorker(index, device_index)).serve_forever()
