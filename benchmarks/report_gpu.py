@@ -28,6 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_common import HERE, REPO, SCENARIOS, replace_section  # noqa: E402
 
 # Phases shown in the table, per scenario (medians; others stay in the JSON).
+# A controller load's phases, as its response and the client report them.
+CTRL_LOAD_PHASES = (
+    "weights",
+    "profile",
+    "kv_cache",
+    "compile_and_warm_up",
+    "engine_init",
+    "client",
+    "router_http",
+    "first_token",
+    "first_completion",
+)
 TABLE_PHASES = {
     "stock_serve": (
         "ready",
@@ -47,42 +59,9 @@ TABLE_PHASES = {
         "engine_init",
         "first_output",
     ),
-    "ctrl_new": (
-        "weights",
-        "profile",
-        "kv_cache",
-        "compile_and_warm_up",
-        "engine_init",
-        "client",
-        "router_http",
-        "first_token",
-        "first_completion",
-        "unload_after",
-    ),
-    "ctrl_new_arch": (
-        "weights",
-        "profile",
-        "kv_cache",
-        "compile_and_warm_up",
-        "engine_init",
-        "client",
-        "router_http",
-        "first_token",
-        "first_completion",
-        "unload_after",
-    ),
-    "ctrl_reload": (
-        "unload",
-        "weights",
-        "profile",
-        "kv_cache",
-        "compile_and_warm_up",
-        "engine_init",
-        "client",
-        "router_http",
-        "first_token",
-        "first_completion",
-    ),
+    "ctrl_new": (*CTRL_LOAD_PHASES, "unload_after"),
+    "ctrl_new_arch": (*CTRL_LOAD_PHASES, "unload_after"),
+    "ctrl_reload": ("unload", *CTRL_LOAD_PHASES),
     "ctrl_unpark": (
         "park",
         "first_token",
