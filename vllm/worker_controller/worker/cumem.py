@@ -8,8 +8,9 @@ segments that are wholly unused and forgets them, but their ``MemPool``
 still lists them as cached. When that pool is destroyed at teardown, torch
 frees each of its segments through the allocator's free callback, which
 raises ``KeyError`` for a forgotten one; the C side then returns with a
-Python error pending, and the frees after it in the same pass fail as well:
-their memory is gone from the allocator's books but never released to the
+Python error pending, and (most likely, from what the driver and the
+allocator report) the frees after it in the same pass fail as well: their
+memory is gone from the allocator's books but never released to the
 driver. Measured on an H200 with a Qwen3-0.6B shape (one such 20 MiB
 segment per load): +818 MiB of device memory per load, seen only by the
 driver (``benchmarks/results/gpu-cumem-diag-h200-2026-11-21.log``). A pooled
