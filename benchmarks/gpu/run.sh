@@ -19,14 +19,14 @@
 #   models         random-weight Qwen3-0.6B (1.2 GB) and Llama-3.1-8B (16 GB)
 #                  shapes ($SHAPES) with a trained BPE tokenizer; skipped
 #                  when present                                        ~1-2 min
-#   startup-qwen   bench_startup.py, Qwen3-0.6B shape, N=3, 6 scenarios:
-#                  controller boot + first load (first compile) ~2 min; per
-#                  repetition ~2.2 min (stock_serve ~35-60 s, stock_llm
-#                  ~35-60 s, ctrl_new ~25-35 s: a new path compiles,
-#                  ctrl_reload ~10 s, ctrl_unpark ~5 s, unloads, waits);
-#                  sleep_wake ~1-1.5 min. ~12 min in all: call 1 stops at
-#                  its deadline in repetition 3 (~9 min), call 2 ends it
-#                  (~3-4 min, the boot being warm by then)
+#   startup-qwen   bench_startup.py, Qwen3-0.6B shape, N=3, 7 scenarios:
+#                  controller boot + first load (first compile) ~1.2 min;
+#                  per repetition ~2.5 min (stock_serve ~40-60 s, stock_llm
+#                  ~25-30 s, ctrl_new ~12 s, ctrl_new_arch ~25 s: a new
+#                  config compiles, ctrl_reload ~10 s, ctrl_unpark ~3 s,
+#                  unloads, waits); sleep_wake ~1 min. ~10-11 min in all:
+#                  call 1 stops at its deadline, call 2 ends it (measured
+#                  2026-11-21 on an H200: 6.8 + 3 min)
 #   startup-llama  the same for the Llama-3.1-8B shape: boot ~2.5 min, per
 #                  repetition ~4.5-5 min, sleep_wake ~2 min: ~18-20 min, i.e.
 #                  3 calls. Without stock_llm and sleep_wake
@@ -72,7 +72,7 @@ DEADLINE_S="${DEADLINE_S:-510}"
 RUNS="${RUNS:-3}"
 PARK_GB="${PARK_GB:-48}"
 PROMPTS="${PROMPTS:-200}"
-SCENARIOS="${SCENARIOS:-stock_serve,stock_llm,ctrl_new,ctrl_reload,ctrl_unpark,sleep_wake}"
+SCENARIOS="${SCENARIOS:-stock_serve,stock_llm,ctrl_new,ctrl_new_arch,ctrl_reload,ctrl_unpark,sleep_wake}"
 SHAPES="${SHAPES:-qwen3-0.6b,llama-3.1-8b}"
 ENGINE=()
 [ -n "${ENGINE_ARGS:-}" ] && ENGINE=(--engine-args "$ENGINE_ARGS")
