@@ -39,6 +39,9 @@
 #                  unload cycles of two small models, three times: without
 #                  sleep mode, with it, with it and eager; the worker's
 #                  driver-level memory after each unload       ~6-8 min
+#   drift          gpu_lifecycle.py, 20 cycles with parking (sleep mode
+#                  on), tokens against stock: the worker's driver-level
+#                  memory after each unload over 20 cycles          ~6-7 min
 #   unpark-kv      gpu_lifecycle.py, 2 park cycles of the Qwen3-0.6B shape
 #                  with a KV cache of 2, 8 and 32 GiB                 ~3 min
 #   tp2            gpu_lifecycle.py with tensor_parallel_size 2 (two pooled
@@ -158,6 +161,11 @@ run_stage() {
         lifecycle sleep-eager --no-park --engine-args '{"enforce_eager": true}' || rc=$?
         collect "$stage"
         ;;
+    drift)
+        # The memory-drift target: 20 cycles with vLLM's defaults, parking.
+        lifecycle drift --with-stock --cycles 20 || rc=$?
+        collect "$stage"
+        ;;
     unpark-kv)
         # Unpark time against the KV cache size it re-maps.
         for gib in 2 8 32; do
@@ -185,7 +193,7 @@ run_stage() {
         collect "$stage"
         ;;
     *)
-        echo "unknown stage $stage (check, models, startup-qwen, startup-llama, parity, leak, unpark-kv, tp2, results, smoke)" >&2
+        echo "unknown stage $stage (check, models, startup-qwen, startup-llama, parity, leak, drift, unpark-kv, tp2, results, smoke)" >&2
         return 2
         ;;
     esac
