@@ -110,6 +110,26 @@ def test_dynamic_allocation_reuses_freed_worker(controller, tiny_models, greedy)
     controller.unload("c")
 
 
+def test_tensor_parallel_ranks_in_two_pooled_workers(controller, tiny_models, greedy):
+    """Tensor parallelism 2: one engine drives two leased workers (gloo on
+    CPU, NCCL on GPUs); tokens equal HF's, and both ranks go back to the
+    pool in the same processes, twice."""
+    pids_before = pool_pids(controller)
+    expected = hf_greedy(tiny_models["llama"], PROMPT, 16)
+    leases = []
+    for _ in range(2):
+        loaded = controller.load(
+            str(tiny_models["llama"]), name="tp2", **TINY_ARGS, tensor_parallel_size=2
+        )
+        assert len(set(loaded.worker_pids)) == POOL_WORKERS == 2
+        assert greedy("tp2", PROMPT) == expected
+        unloaded = controller.unload("tp2")
+        assert [w["recycled"] for w in unloaded.workers] == [False, False]
+        leases.append(loaded.worker_pids)
+    assert sorted(leases[0]) == sorted(leases[1])
+    assert pool_pids(controller) == pids_before
+
+
 def test_churn_memory_stays_bounded(controller, tiny_models, greedy):
     """(d) 10 load/unload cycles of two models alternating on one worker."""
     pids_before = pool_pids(controller)
