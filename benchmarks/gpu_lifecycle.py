@@ -210,7 +210,9 @@ def main() -> None:
             last = cycle == args.cycles - 1 and not args.no_park
             if last:  # unloaded while parked: the worker is replaced
                 loop.run_until_complete(controller.park(name))
-            (worker,) = controller.unload(name).workers
+            # One report per rank; the first rank's stands for the cycle.
+            ranks = controller.unload(name).workers
+            worker = ranks[0]
             # Let the loop run the client's cancelled output handler to its end.
             loop.run_until_complete(asyncio.sleep(0))
             record = {
@@ -228,6 +230,7 @@ def main() -> None:
                 "worker_mib_after_unload": device_mib(pid),
                 "recycled": worker["recycled"],
                 "worker_pid": worker["pid"],
+                "ranks": ranks,
             }
             report["cycles"].append(record)
             print(json.dumps(record), flush=True)

@@ -176,7 +176,7 @@ run_stage() {
         ;;
     tp2)
         # Two ranks in two pooled processes; tokens against stock TP=2.
-        lifecycle tp2 --cycles 4 --with-stock --engine-args '{"tensor_parallel_size": 2}' || rc=$?
+        lifecycle tp2 --with-stock --cycles 4 --engine-args '{"tensor_parallel_size": 2}' || rc=$?
         collect "$stage"
         ;;
     results)
