@@ -44,8 +44,10 @@
 #                  memory after each unload over 20 cycles          ~6-7 min
 #   unpark-kv      gpu_lifecycle.py, 2 park cycles of the Qwen3-0.6B shape
 #                  with a KV cache of 2, 8 and 32 GiB                 ~3 min
-#   tp2            gpu_lifecycle.py with tensor_parallel_size 2 (two pooled
-#                  workers; needs 2 GPUs), tokens against stock TP=2  ~4 min
+#   tp2            gpu_lifecycle.py, $CYCLES cycles with tensor_parallel_size
+#                  2 (two pooled workers; needs 2 GPUs), tokens against stock
+#                  TP=2; on a fresh 2 x H200 ~8 min with CYCLES=2 (first
+#                  compiles at TP=2; measured 2026-11-21), ~5 min warm
 #   results        copy every result JSON and the logs to $OUT        ~0.1 min
 # Everything: ~40 min of device time. In ~25 min: check+models (Qwen only),
 # startup-qwen twice, parity (~20 min), then startup-llama as far as it gets.
@@ -176,7 +178,7 @@ run_stage() {
         ;;
     tp2)
         # Two ranks in two pooled processes; tokens against stock TP=2.
-        lifecycle tp2 --with-stock --cycles 4 --engine-args '{"tensor_parallel_size": 2}' || rc=$?
+        lifecycle tp2 --with-stock --engine-args '{"tensor_parallel_size": 2}' || rc=$?
         collect "$stage"
         ;;
     results)
