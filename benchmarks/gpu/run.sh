@@ -41,7 +41,7 @@
 #                  driver-level memory after each unload       ~6-8 min
 #   drift          gpu_lifecycle.py, 20 cycles with parking (sleep mode
 #                  on), tokens against stock: the worker's driver-level
-#                  memory after each unload over 20 cycles          ~6-7 min
+#                  memory after each unload over 20 cycles  ~7.5 min (measured)
 #   unpark-kv      gpu_lifecycle.py, 2 park cycles of the Qwen3-0.6B shape
 #                  with a KV cache of 2, 8 and 32 GiB                 ~3 min
 #   tp2            gpu_lifecycle.py, $CYCLES cycles with tensor_parallel_size
