@@ -420,16 +420,22 @@ class Bench:
             "log": proc.log_path.name,
         }
 
-    def stock_llm(self, model: str, base: Path) -> dict[str, Any]:
-        used = wait_gpu_free()
-        cmd = [
+    def stock_script_cmd(self, script: str, base: Path, *extra: str) -> list[str]:
+        """Command line of a stock-vLLM helper script: the model, these
+        engine args, the prompt and the number of tokens, then ``extra``."""
+        return [
             sys.executable,
-            str(HERE / "stock_cold_start.py"),
+            str(HERE / script),
             str(base),
             json.dumps(self.engine_args),
             PROMPT,
             str(MAX_TOKENS),
+            *extra,
         ]
+
+    def stock_llm(self, model: str, base: Path) -> dict[str, Any]:
+        used = wait_gpu_free()
+        cmd = self.stock_script_cmd("stock_cold_start.py", base)
         proc = launch(cmd, self.log_path(model, "stock_llm"))
         try:
             rc = proc.popen.wait(timeout=self.args.server_timeout)
@@ -563,15 +569,7 @@ class Bench:
     def sleep_wake(self, model: str, base: Path, cycles: int) -> list[dict[str, Any]]:
         self.quiesce_ctrl()
         used = wait_gpu_free()
-        cmd = [
-            sys.executable,
-            str(HERE / "stock_sleep_wake.py"),
-            str(base),
-            json.dumps(self.engine_args),
-            PROMPT,
-            str(MAX_TOKENS),
-            str(cycles),
-        ]
+        cmd = self.stock_script_cmd("stock_sleep_wake.py", base, str(cycles))
         proc = launch(cmd, self.log_path(model, "sleep_wake"))
         rc: int | None = None
         try:
