@@ -47,6 +47,30 @@ class InsufficientWorkersError(WorkerControllerError):
     """The pool has fewer idle processes than the request needs."""
 
 
+class PoolTooSmallError(InsufficientWorkersError, ValueError):
+    """The request needs more processes than the whole pool has: waiting
+    cannot help."""
+
+
+class ModelBusyError(WorkerControllerError):
+    """The model is in a transition (loading, unloading, ...) that must end
+    before this can be done."""
+
+
+class ModelUnavailableError(WorkerControllerError):
+    """No room (processes, device memory, a model slot) could be made in
+    time; ``retry_after_s`` says when trying again may help."""
+
+    def __init__(self, message: str, retry_after_s: float | None = 5.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class EngineArgNotAllowedError(WorkerControllerError):
+    """An engine argument that reads files, opens sockets or loads code was
+    asked for where the operator did not allow it."""
+
+
 class WorkerLostError(WorkerControllerError):
     """A pooled process died while a request to it was pending."""
 

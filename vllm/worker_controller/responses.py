@@ -1,0 +1,86 @@
+# SPDX-License-Identifier: Apache-2.0
+"""OpenAI-shaped error answers for everything the front door says itself.
+
+vLLM's own apps answer model requests; what spans models (routing, auth,
+capacity, the management API) answers here, in the same body shape as
+vLLM's ``ErrorResponse``, so a client needs one error parser. ``503``s say
+when to come back (``Retry-After``) where waiting helps.
+"""
+
+import json
+import math
+from typing import Any
+
+from starlette.responses import JSONResponse
+from starlette.types import Send
+
+from vllm.entrypoints.openai.engine.protocol import ErrorInfo, ErrorResponse
+
+
+def error_body(
+    status: int, message: str, kind: str, param: str | None = None
+) -> dict[str, Any]:
+    """The body vLLM's handlers produce: ``{"error": {message, type, ...}}``."""
+    error = ErrorResponse(
+        error=ErrorInfo(message=message, type=kind, param=param, code=status)
+    )
+    return error.model_dump()
+
+
+def retry_headers(retry_after_s: float | None) -> dict[str, str]:
+    """``Retry-After`` in whole seconds (at least 1), if waiting helps."""
+    if retry_after_s is None:
+        return {}
+    return {"retry-after": str(max(1, math.ceil(retry_after_s)))}
+
+
+def error_response(
+    status: int,
+    message: str,
+    kind: str,
+    param: str | None = None,
+    retry_after_s: float | None = None,
+) -> JSONResponse:
+    """The same error as a Starlette response (for FastAPI handlers)."""
+    return JSONResponse(
+        error_body(status, message, kind, param),
+        status_code=status,
+        headers=retry_headers(retry_after_s),
+    )
+
+
+async def send_json(
+    send: Send, status: int, payload: Any, headers: dict[str, str] | None = None
+) -> None:
+    """A whole JSON response on a raw ASGI ``send``."""
+    data = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *((k.encode(), v.encode()) for k, v in (headers or {}).items()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    message: str,
+    kind: str,
+    param: str | None = None,
+    retry_after_s: float | None = None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """An OpenAI-shaped error on a raw ASGI ``send``."""
+    await send_json(
+        send,
+        status,
+        error_body(status, message, kind, param),
+        {**retry_headers(retry_after_s), **(headers or {})},
+    )
