@@ -14,6 +14,7 @@ from vllm.worker_controller.errors import (
     ModelAlreadyLoadedError,
     ModelLoadError,
     ModelNotFoundError,
+    PoolTooSmallError,
 )
 
 PROMPT = "Hello, my name is"
@@ -70,7 +71,8 @@ def test_invalid_engine_args(controller, tiny_models, greedy, bad, message):
 
 
 def test_more_workers_than_free(controller, tiny_models, greedy):
-    with pytest.raises(InsufficientWorkersError, match="Need 4 idle worker"):
+    # More than the whole pool: refused at once, before any lease.
+    with pytest.raises(PoolTooSmallError, match="needs 4 workers.*pool has 2"):
         controller.load(
             str(tiny_models["llama"]), name="x", **TINY_ARGS, tensor_parallel_size=4
         )

@@ -13,6 +13,7 @@ model's device memory but keeps its processes and (in pinned host memory)
 its weights, so ``unpark`` brings it back in a fraction of a second.
 """
 
+import signal
 import threading
 import time
 from collections import defaultdict
@@ -45,14 +46,17 @@ from vllm.worker_controller.errors import (
     InsufficientWorkersError,
     InvalidEngineArgsError,
     ModelAlreadyLoadedError,
+    ModelBusyError,
     ModelLoadError,
     ModelNotFoundError,
     ParkingUnavailableError,
+    PoolTooSmallError,
     WorkerControllerError,
 )
 from vllm.worker_controller.executor.proxy_executor import ProxyExecutor
 from vllm.worker_controller.executor.remote_executor import RemoteExecutor
 from vllm.worker_controller.pool import (
+    Lease,
     PooledProcess,
     ProcessKind,
     ProcessPool,
@@ -92,6 +96,23 @@ class LoadResult:
 
 
 @dataclass(frozen=True)
+class PreparedLoad:
+    """A validated load: the engine's config, built before any process is
+    leased or any model evicted for it."""
+
+    vllm_config: VllmConfig
+    config_s: float
+
+    @property
+    def world_size(self) -> int:
+        return self.vllm_config.parallel_config.world_size
+
+    @property
+    def gpu_memory_utilization(self) -> float:
+        return self.vllm_config.cache_config.gpu_memory_utilization
+
+
+@dataclass(frozen=True)
 class UnloadResult:
     name: str
     timings_s: dict[str, float]
@@ -111,6 +132,8 @@ class _Model:
     addresses: EngineZmqAddresses | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    death: str | None = None
+    """Which pooled process of this model died, and how."""
     weights_bytes: int = 0
     asleep: bool = False
     """Parked: its device memory is unmapped (set until unpark starts)."""
@@ -154,38 +177,93 @@ class WorkerController:
 
     # ------------------------------------------------------------------ load
 
-    def load(
+    def prepare(
         self, model: str, name: str | None = None, **engine_args: Any
+    ) -> PreparedLoad:
+        """Validates a load without touching the pool: the engine's
+        ``VllmConfig`` from vLLM's ``EngineArgs``, and whether the pool has
+        enough workers at all.
+
+        Raises :class:`InvalidEngineArgsError`, :class:`PoolTooSmallError`,
+        or :class:`ModelLoadError` (phase ``config``: e.g. no such path, an
+        unsupported architecture).
+        """
+        name = name or model
+        start = time.perf_counter()
+        try:
+            config = build_engine_config(model, name, engine_args, RemoteExecutor)
+        except InvalidEngineArgsError:
+            raise
+        except TypeError as e:  # vLLM raises these for bad argument types
+            raise InvalidEngineArgsError(str(e)) from e
+        except Exception as e:
+            raise ModelLoadError(name, "config", str(e)) from e
+        world_size = config.parallel_config.world_size
+        pool_size = self.pool.count(ProcessKind.WORKER)
+        if world_size > pool_size:
+            raise PoolTooSmallError(
+                f"Model {name!r} needs {world_size} workers (tensor x pipeline "
+                f"parallel size); this pool has {pool_size}"
+            )
+        return PreparedLoad(config, time.perf_counter() - start)
+
+    def load(
+        self,
+        model: str,
+        name: str | None = None,
+        *,
+        prepared: PreparedLoad | None = None,
+        lease: Lease | None = None,
+        **engine_args: Any,
     ) -> LoadResult:
         """Loads ``model`` (path) as ``name``; returns when it can serve.
 
-        ``engine_args`` are fields of vLLM's ``EngineArgs``. On failure the
-        pool is cleaned up before the error is raised: a
-        :class:`ModelLoadError` naming the phase, or one of
+        ``engine_args`` are fields of vLLM's ``EngineArgs``. A caller that
+        validated the load (``prepare``) passes what that returned, and one that
+        reserved processes (placement) passes its ``lease``, which this
+        load then owns. On failure the pool is cleaned up before the error
+        is raised: a :class:`ModelLoadError` naming the phase, or one of
         :class:`InvalidEngineArgsError`, :class:`ModelAlreadyLoadedError`,
         :class:`InsufficientWorkersError`.
         """
         name = name or model
         with self._lock:
             if name in self._models:
+                existing = self._models[name]
+                if lease is not None:
+                    self.pool.give_back(lease.processes)
                 raise ModelAlreadyLoadedError(
                     f"A model named {name!r} is already loaded "
-                    f"({self._models[name].state.value}); unload it first"
+                    f"({existing.state.value}); unload it first"
                 )
             record = self._models[name] = _Model(name, model)
         start = time.perf_counter()
         try:
-            self._load(record, engine_args)
+            if prepared is None:
+                prepared = self.prepare(model, name, **engine_args)
+            record.vllm_config = prepared.vllm_config
+            record.timings_s["config"] = prepared.config_s
+            self._load(record, lease)
+            with self._lock:
+                # The engine may have died after its handshake: not READY.
+                assert record.host is not None and record.host.serving is not None
+                if record.host.serving.done():
+                    raise ModelLoadError(
+                        name,
+                        "client",
+                        record.death or "the engine stopped while starting",
+                    )
+                record.state = ModelState.READY
         except BaseException:
-            self._release(record)
+            if record.workers or record.host:
+                self._release(record)
+            elif lease is not None:
+                self.pool.give_back(lease.processes)
             self.engine_metrics.drop(name)
             with self._lock:
                 del self._models[name]
             raise
         record.timings_s["total"] = time.perf_counter() - start
-        with self._lock:
-            record.state = ModelState.READY
-        assert record.host is not None
         logger.info(
             "Model %r ready in %.2f s (%s)",
             name,
@@ -200,33 +278,35 @@ class WorkerController:
             timings_s=dict(record.timings_s),
         )
 
-    def _load(self, record: _Model, engine_args: dict[str, Any]) -> None:
+    def _load(self, record: _Model, lease: Lease | None) -> None:
         timings = record.timings_s
-        with self._phase(record, "config"):
-            try:
-                config = build_engine_config(
-                    record.model, record.name, engine_args, RemoteExecutor
-                )
-            except InvalidEngineArgsError:
-                raise
-            except TypeError as e:  # vLLM raises these for bad argument types
-                raise InvalidEngineArgsError(str(e)) from e
-            record.vllm_config = config
+        config = record.vllm_config
+        assert config is not None
+        world_size = config.parallel_config.world_size
         with self._phase(record, "lease"):
-            world_size = config.parallel_config.world_size
-            fits = self._fits(record.gpu_memory_utilization)
-            record.workers = self.pool.lease(
-                ProcessKind.WORKER, world_size, prefer=lambda p: fits(p.device_index)
-            )
-            (record.host,) = self.pool.lease(ProcessKind.ENGINE_HOST, 1)
-            for p in (*record.workers, record.host):
+            if lease is None:
+                fits = self._fits(record.gpu_memory_utilization)
+                workers = self.pool.lease(
+                    ProcessKind.WORKER,
+                    world_size,
+                    prefer=lambda p: fits(p.device_index),
+                )
+                try:
+                    (host,) = self.pool.lease(ProcessKind.ENGINE_HOST, 1)
+                except BaseException:
+                    self.pool.give_back(workers)
+                    raise
+                lease = Lease(workers, host)
+            assert len(lease.workers) == world_size
+            record.workers, record.host = lease.workers, lease.host
+            for p in lease.processes:
                 p.model = record.name
             if record.workers[0].device_index is not None:
                 # Rank i runs on the device of the i-th leased worker.
                 config.parallel_config.assigned_physical_gpu_ids = [
                     w.device_index for w in record.workers
                 ]
-        host = record.host
+        host = lease.host
         with self._phase(record, "weights"):
             handle = host.channel.call(
                 "prepare", timeout=self.settings.boot_timeout_s, world_size=world_size
@@ -358,7 +438,7 @@ class WorkerController:
         with self._lock:
             record = self._get(name)
             if record.state in (ModelState.LOADING, ModelState.UNLOADING):
-                raise WorkerControllerError(
+                raise ModelBusyError(
                     f"Model {name!r} is {record.state.value}; try again when done"
                 )
             was_serving = record.state in (ModelState.READY, ModelState.PARKED)
@@ -369,7 +449,6 @@ class WorkerController:
         else:
             record.released.wait(self.settings.release_timeout_s)
             reports = []
-        self._close_client(record)
         self.engine_metrics.drop(name)
         with self._lock:
             del self._models[name]
@@ -391,13 +470,23 @@ class WorkerController:
             for w in record.workers:
                 self.pool.recycle(w, "its parked model was unloaded")
         host = record.host
+        host_clean = True
         if host is not None and host.serving is not None:
             host.channel.call_async("stop")
-            self.proxy.wait(host, host.serving)
+            host_clean = self.proxy.wait(host, host.serving) is not None
+        self._close_client(record)
+        if host_clean and host is not None and host.serving is not None:
+            host_clean = self._retire_engine(host, record)
         tolerance = self.settings.memory_tolerance_bytes
         reports = []
         released = self.proxy.release_workers(record.workers)
         for w, report in zip(record.workers, released, strict=True):
+            if w.loading is not None and not w.loading.done():
+                # Its load never answered (timed out, or stuck waiting for
+                # a failed peer): it cannot be trusted to be idle.
+                self.pool.recycle(w, "its load did not finish")
+                reports.append({"pid": w.pid, "recycled": True})
+                continue
             w.last_unload = report
             # A worker whose load failed has already torn itself down.
             driver_growth = (report or {}).get("driver_growth_bytes") or 0
@@ -418,29 +507,45 @@ class WorkerController:
                     driver_growth / 2**20,
                     report["leaked"] or "nothing",
                 )
-            self._give_back_or_recycle(w, clean)
+            self._give_back_or_recycle(w, clean, "did not return to its boot state")
             reports.append({"pid": w.pid, "recycled": not clean, **(report or {})})
         if host is not None:
-            self._give_back_or_recycle(host, True)
+            self._give_back_or_recycle(host, host_clean, "its engine did not stop")
         record.released.set()
         return reports
 
-    def _give_back_or_recycle(self, p: PooledProcess, clean: bool) -> None:
+    def _retire_engine(self, host: PooledProcess, record: _Model) -> bool:
+        """Has the host end the stopped engine's socket threads (after the
+        front end closed); False if it could not."""
+        assert record.addresses is not None
+        try:
+            return host.channel.call(
+                "retire_engine",
+                timeout=self.settings.release_timeout_s,
+                input_address=record.addresses.inputs[0],
+                output_address=record.addresses.outputs[0],
+            )
+        except Exception as e:
+            logger.error("%s could not retire its engine: %s", host.name, e)
+            return False
+
+    def _give_back_or_recycle(self, p: PooledProcess, clean: bool, why: str) -> None:
         if p.state == ProcessState.DEAD or p.channel.lost:
             return
         if clean:
             self.pool.give_back([p])
         else:
-            self.pool.recycle(p, "did not return to its baseline state")
+            self.pool.recycle(p, why)
 
     def _close_client(self, record: _Model) -> None:
         """Shuts the model's AsyncLLM after its last outputs arrived."""
-        client = record.engine_client
+        client, record.engine_client = record.engine_client, None
         if client is None:
             return
         deadline = time.monotonic() + self.settings.unload_drain_s
         while (
-            client.output_processor.has_unfinished_requests()
+            not client.errored
+            and client.output_processor.has_unfinished_requests()
             and time.monotonic() < deadline
         ):
             time.sleep(0.05)
@@ -510,7 +615,7 @@ class WorkerController:
         """Maps the model's device memory again and copies its weights back;
         it serves as before (same CUDA graphs, same addresses).
 
-        The caller makes room on the model's devices first (``has_room``).
+        The caller makes room on the model's devices first (``placement``).
         """
         with self._lock:
             record = self._get(name)
@@ -525,6 +630,9 @@ class WorkerController:
         try:
             await record.engine_client.wake_up()
         except Exception as e:
+            # Some of its memory may still be unmapped: its workers are
+            # replaced, not torn down in place (see _release).
+            record.asleep = True
             self._fail(record, f"unparking failed: {e}")
             raise
         elapsed = time.perf_counter() - start
@@ -533,27 +641,25 @@ class WorkerController:
         logger.info("Model %r unparked in %.3f s", name, elapsed)
         return {"unpark": elapsed}
 
-    def has_room(
-        self, gpu_memory_utilization: float, count: int, name: str | None = None
-    ) -> bool:
-        """Whether an engine taking this share of device memory fits now.
+    def device_claims(self) -> dict[str, dict[int, float]]:
+        """Per awake engine: the share of each device's memory it claims
+        (its ``gpu_memory_utilization``; nothing on CPU)."""
+        claims: dict[str, dict[int, float]] = {}
+        with self._lock:
+            for r in self._models.values():
+                if r.asleep or r.vllm_config is None or r.released.is_set():
+                    continue
+                claims[r.name] = {
+                    w.device_index: r.gpu_memory_utilization
+                    for w in r.workers
+                    if w.device_index is not None
+                }
+        return claims
 
-        For a new engine: ``count`` idle workers on devices whose awake
-        engines leave that share free. For ``name`` (parked): its own
-        devices. vLLM itself refuses to start when the memory is not free;
-        this lets callers park or unload idle models first.
-        """
-        fits = self._fits(gpu_memory_utilization)
-        if name is not None:
-            with self._lock:
-                devices = [w.device_index for w in self._get(name).workers]
-            return all(fits(d) for d in devices)
-        idle = [
-            p.device_index
-            for p in self.pool.processes()
-            if p.kind == ProcessKind.WORKER and p.state == ProcessState.IDLE
-        ]
-        return sum(fits(d) for d in idle) >= count
+    def devices(self, name: str) -> list[int | None]:
+        """The devices of a loaded model's ranks."""
+        with self._lock:
+            return [w.device_index for w in self._get(name).workers]
 
     def _fits(self, gpu_memory_utilization: float) -> Callable[[int | None], bool]:
         """A test of whether a device has this share of memory unclaimed by
@@ -581,7 +687,7 @@ class WorkerController:
         """The host's busy loop ended; unexpected unless unloading."""
         with self._lock:
             if record.state not in (ModelState.READY, ModelState.PARKED):
-                return
+                return  # unloading, or load() sees it and fails
             record.state = ModelState.FAILED
         try:
             error = serving.result()["error"] or "engine stopped unexpectedly"
@@ -591,7 +697,7 @@ class WorkerController:
             # so in-flight requests fail instead of hanging.
             assert record.addresses is not None
             self._notify_engine_dead(record.addresses.outputs[0])
-        self._fail(record, error)
+        self._fail(record, record.death or error)
 
     def _fail(self, record: _Model, error: str) -> None:
         """Marks a model failed and gives its processes back, off-thread."""
@@ -607,6 +713,8 @@ class WorkerController:
         """A pooled process died; fail the model it served, if any."""
         with self._lock:
             record = self._models.get(p.model) if p.model else None
+            if record is not None and record.death is None:
+                record.death = _death_reason(p)
         if record is None or record.host is None or p is record.host:
             return  # the host's own death resolves its serve future
         if record.host.serving is not None:
@@ -628,6 +736,13 @@ class WorkerController:
             if record.engine_client is None:
                 raise WorkerControllerError(f"Model {name!r} is {record.state.value}")
             return record.engine_client
+
+    def failure(self, name: str) -> str | None:
+        """Why a model stopped serving (which process died, or the
+        engine's error), if it did."""
+        with self._lock:
+            record = self._models.get(name)
+            return None if record is None else record.death or record.error
 
     def list_models(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -690,3 +805,18 @@ class WorkerController:
             return self._models[name]
         except KeyError:
             raise ModelNotFoundError(f"No model named {name!r} is loaded") from None
+
+
+def _death_reason(p: PooledProcess) -> str:
+    """'worker-2 (pid 123) died: SIGKILL', from the exit code."""
+    code = p.proc.exitcode
+    if code is None:
+        how = "its control channel closed"
+    elif code < 0:
+        try:
+            how = signal.Signals(-code).name
+        except ValueError:
+            how = f"signal {-code}"
+    else:
+        how = f"exit code {code}"
+    return f"{p.name} (pid {p.pid}) died: {how}"

@@ -60,6 +60,8 @@ class PooledProcess:
     serving: Future | None = None
     """Resolves when the current lease's busy loop ends (with its report)."""
     last_unload: dict[str, Any] | None = None
+    loading: Future | None = None
+    """A worker's pending ``load_model`` call (None once answered)."""
 
     @property
     def pid(self) -> int:
@@ -69,6 +71,18 @@ class PooledProcess:
     @property
     def name(self) -> str:
         return f"{self.kind.value}-{self.index}"
+
+
+@dataclass
+class Lease:
+    """The processes of one engine: its ranks and its engine host."""
+
+    workers: list[PooledProcess]
+    host: PooledProcess
+
+    @property
+    def processes(self) -> list[PooledProcess]:
+        return [*self.workers, self.host]
 
 
 class ProcessPool:
@@ -109,15 +123,17 @@ class ProcessPool:
         kind: ProcessKind,
         count: int,
         prefer: Callable[["PooledProcess"], bool] | None = None,
+        wait: bool = True,
     ) -> list[PooledProcess]:
         """Marks ``count`` idle processes of ``kind`` as leased.
 
         Fails at once if the pool cannot have that many free processes;
-        waits (up to the boot timeout) while replacements of dead ones boot.
-        Idle processes that ``prefer`` accepts (e.g. on a device with room)
-        go first.
+        with ``wait``, waits (up to the boot timeout) while replacements of
+        dead ones boot. Idle processes that ``prefer`` accepts (e.g. on a
+        device with room) go first; workers of one lease are on distinct
+        devices (tensor-parallel ranks cannot share a GPU).
         """
-        deadline = time.monotonic() + self.settings.boot_timeout_s
+        deadline = time.monotonic() + (self.settings.boot_timeout_s if wait else 0)
         with self._cond:
             while True:
                 slots = [p for p in self._procs.values() if p.kind == kind]
@@ -127,7 +143,8 @@ class ProcessPool:
                     for p in slots
                     if p.state == ProcessState.IDLE and p.proc.is_alive()
                 ]
-                if len(idle) >= count:
+                leased = _pick(idle, count, prefer)
+                if leased is not None:
                     break
                 free = [p for p in slots if p.state != ProcessState.LEASED]
                 if len(free) < count or time.monotonic() >= deadline:
@@ -137,18 +154,25 @@ class ProcessPool:
                         "larger pool"
                     )
                 self._cond.wait(min(1.0, deadline - time.monotonic()))
-            leased = sorted(
-                idle, key=lambda p: (prefer is not None and not prefer(p), p.index)
-            )[:count]
             for p in leased:
                 p.state = ProcessState.LEASED
             return leased
+
+    def count(self, kind: ProcessKind, *states: ProcessState) -> int:
+        """How many processes of ``kind`` are in one of ``states`` (all
+        slots when none is given)."""
+        with self._cond:
+            return sum(
+                p.kind == kind and (not states or p.state in states)
+                for p in self._procs.values()
+            )
 
     def give_back(self, procs: list[PooledProcess]) -> None:
         with self._cond:
             for p in procs:
                 p.model = None
                 p.serving = None
+                p.loading = None
                 if p.state == ProcessState.LEASED:
                     p.state = ProcessState.IDLE
             self._cond.notify_all()
@@ -260,6 +284,26 @@ class ProcessPool:
             )
         except Exception:
             logger.exception("Respawning %s failed", dead.name)
+
+
+def _pick(
+    idle: list[PooledProcess],
+    count: int,
+    prefer: Callable[[PooledProcess], bool] | None,
+) -> list[PooledProcess] | None:
+    """``count`` of ``idle``, preferred first, at most one per device."""
+    ranked = sorted(idle, key=lambda p: (prefer is not None and not prefer(p), p.index))
+    picked: list[PooledProcess] = []
+    devices: set[int] = set()
+    for p in ranked:
+        if p.device_index is not None and p.device_index in devices:
+            continue
+        picked.append(p)
+        if p.device_index is not None:
+            devices.add(p.device_index)
+        if len(picked) == count:
+            return picked
+    return None if count else []
 
 
 @contextmanager

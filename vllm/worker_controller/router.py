@@ -3,9 +3,13 @@
 
 Each loaded model gets vLLM's own OpenAI app (``build_app`` +
 ``init_app_state`` over the model's ``AsyncLLM``): protocol, chat templates,
-streaming and error bodies are upstream's. This ASGI app only reads the
-request's ``model``, hands the request to that model's app, and answers what
-spans models (``GET /v1/models``, unknown models, ``/health``).
+streaming and error bodies are upstream's. This ASGI app reads the
+request's ``model``, makes sure that model can serve (loading, reloading or
+unparking it, with room reserved by ``placement.py``), and hands the request
+to the model's app. It answers itself what spans models (``GET /v1/models``,
+unknown models and routes, ``/health``, ``/metrics``), always with an
+OpenAI-shaped error body: a 4xx for bad input, a 503 with ``Retry-After``
+when the model cannot serve yet.
 """
 
 import asyncio
@@ -18,22 +22,43 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from vllm.engine.arg_utils import EngineArgs
 from vllm.entrypoints.openai.api_server import build_app, init_app_state
-from vllm.entrypoints.openai.engine.protocol import ErrorInfo, ErrorResponse
-from vllm.entrypoints.serve.utils.server_utils import AuthenticationMiddleware
 from vllm.logger import init_logger
+from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+from vllm.worker_controller.access import BearerAuth
 from vllm.worker_controller.controller import ModelState, WorkerController
 from vllm.worker_controller.errors import (
     ModelAlreadyLoadedError,
+    ModelBusyError,
+    ModelNotFoundError,
+    ModelUnavailableError,
     ParkingUnavailableError,
     WorkerControllerError,
 )
 from vllm.worker_controller.metrics import ControllerMetrics
+from vllm.worker_controller.placement import Placement
+from vllm.worker_controller.responses import error_response, send_error, send_json
 
 logger = init_logger(__name__)
+
+# POST paths that carry a ``model`` and go to that model's app. Upstream
+# registers the pooling routes only for a pooling model's config, so they
+# cannot be read off an app built without one.
+_POOLING_PATHS = frozenset(
+    {"/v1/embeddings", "/pooling", "/classify", "/score", "/v1/score"}
+    | {"/rerank", "/v1/rerank", "/v2/rerank", "/v2/embed"}
+)
+_NON_MODEL_PATHS = frozenset({"/ping", "/invocations", "/scale_elastic_ep"})
+# Longer names are no folder or catalog entry: answered as unknown.
+_MAX_NAME_LEN = 255
+# Automatic reloads of a failed model before it waits for an operator.
+_MAX_AUTO_RELOADS = 3
+_MAX_BACKOFF_S = 30.0
 
 
 @dataclass
@@ -44,30 +69,52 @@ class CatalogEntry:
     engine_args: dict[str, Any] = field(default_factory=dict)
     keep_alive_s: float | None = None
     """Seconds idle before unloading (inf: never); None: --keep-alive."""
+    allow_engine_args: frozenset[str] = frozenset()
+    """Engine args beyond the allowlist that the management API may set
+    for this entry (see ``access.py``)."""
 
 
 @dataclass
 class _Served:
     app: ASGIApp
     model: str
-    in_flight: int = 0
-    last_used: float = field(default_factory=time.monotonic)
     keep_alive_s: float | None = None
 
 
-class ModelUnavailable(Exception):
-    """No worker could be freed for a model within the wait budget."""
+@dataclass
+class _Backoff:
+    """Failed loads of one name since its last success."""
+
+    failures: int
+    error: str
+    not_before: float
+
+
+class ModelStoppedError(EngineDeadError):
+    """Ends a model's in-flight requests (unload, drain): an
+    ``EngineDeadError`` so that ``AsyncLLM.generate`` passes it through and
+    upstream's streams end with an error event."""
+
+    def __init__(self, message: str):
+        super().__init__()
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _BodyTooLarge(Exception):
+    pass
 
 
 class ModelRouter:
     """ASGI app: dispatches OpenAI requests to per-model vLLM apps.
 
-    A request for a model that is not loaded but lies under
-    ``allowed_model_dir`` loads it first (concurrent requests share one
-    load), and one for a parked model unparks it. Room is made from the
-    least recently used idle models: one is parked (if the controller's
-    host-RAM budget allows) or unloaded when device memory or
-    ``max_loaded_models`` runs out, and unloaded when processes run out.
+    A request for a model that is not loaded but is known (the catalog, a
+    folder under ``allowed_model_dir``, or a model loaded before, e.g. one
+    that failed) loads it first (concurrent requests share one load; failed
+    loads back off and stop after a few), and one for a parked model
+    unparks it. Room comes from :class:`Placement`.
     """
 
     def __init__(
@@ -80,90 +127,180 @@ class ModelRouter:
         load_wait_s: float = 30.0,
         catalog: dict[str, CatalogEntry] | None = None,
         keep_alive_s: float = math.inf,
+        api_keys: list[str] | None = None,
+        max_body_bytes: int = 32 << 20,
     ):
         self.controller = controller
         self.args = args
         self.engine_args = engine_args
         self.allowed_model_dir = allowed_model_dir
-        self.max_loaded_models = max_loaded_models
         self.load_wait_s = load_wait_s
         self.catalog = catalog or {}
         self.keep_alive_s = keep_alive_s
+        self.max_body_bytes = max_body_bytes
         self.metrics = ControllerMetrics()
+        self.placement = Placement(controller, max_loaded_models, load_wait_s)
         self._served: dict[str, _Served] = {}
+        self._origins: dict[str, CatalogEntry] = {}
         self._loading: dict[str, asyncio.Task] = {}
         self._unparking: dict[str, asyncio.Task] = {}
+        self._backoff: dict[str, _Backoff] = {}
+        self._model_routes = build_app(args, ("generate",), None).routes
         self._openai: ASGIApp = self._openai_endpoints
-        if args.api_key:
-            self._openai = AuthenticationMiddleware(self._openai, args.api_key)
+        if api_keys:
+            self._openai = BearerAuth(self._openai, api_keys)
         self._management: ASGIApp | None = None
 
     def set_management(self, app: ASGIApp) -> None:
         self._management = app
 
+    # ------------------------------------------------------------ lookup
+
     def resolve(self, name: str) -> CatalogEntry | None:
-        """Where a model name may be loaded from: the catalog, else a folder
-        of that name under the allowed directory, else nowhere."""
+        """Where a model name may be loaded from: the catalog, a folder of
+        that name under the allowed directory, or where it was loaded from
+        before; else nowhere."""
         if name in self.catalog:
             return self.catalog[name]
-        if self.allowed_model_dir is None or "/" in name or name.startswith("."):
-            return None
-        path = self.allowed_model_dir / name
-        if not (path / "config.json").is_file():
-            return None
-        return CatalogEntry(model=str(path))
+        if (
+            self.allowed_model_dir is not None
+            and len(name) <= _MAX_NAME_LEN
+            and "/" not in name
+            and "\0" not in name
+            and not name.startswith(".")
+        ):
+            try:
+                if (self.allowed_model_dir / name / "config.json").is_file():
+                    return CatalogEntry(model=str(self.allowed_model_dir / name))
+            except OSError:  # e.g. a name the file system refuses
+                pass
+        return self._origins.get(name)
 
     def is_allowed(self, model: str) -> bool:
-        if self.allowed_model_dir is None:
+        if self.allowed_model_dir is None or "\0" in model:
             return False
-        root = self.allowed_model_dir.resolve()
-        return Path(model).resolve().is_relative_to(root)
+        try:
+            root = self.allowed_model_dir.resolve()
+            return Path(model).resolve().is_relative_to(root)
+        except OSError:
+            return False
+
+    # --------------------------------------------------------- lifecycle
 
     async def add(
         self, name: str, model: str, engine_args: dict[str, Any] | None = None
     ) -> dict:
-        """Loads ``model`` as ``name`` (making room first) and serves it."""
-        if name in self._served:  # before evicting anything for it
-            raise ModelAlreadyLoadedError(f"A model named {name!r} is already loaded")
-        args = {**self.engine_args, **(engine_args or {})}
-        await self._make_room(
-            args.get("gpu_memory_utilization", EngineArgs.gpu_memory_utilization),
-            args.get("tensor_parallel_size", self.args.tensor_parallel_size),
+        """Loads ``model`` as ``name`` and serves it. Everything that can
+        be checked is checked before anything is evicted for it; a failed
+        model of that name is replaced."""
+        if name in self._loading:
+            raise ModelBusyError(f"Model {name!r} is being loaded")
+        task = self._loading[name] = asyncio.create_task(
+            self._add(name, model, engine_args or {})
         )
+        task.add_done_callback(lambda _: self._loading.pop(name, None))
+        return await asyncio.shield(task)
+
+    async def _add(self, name: str, model: str, engine_args: dict[str, Any]) -> dict:
+        state = self.controller.state(name)
+        if state == ModelState.FAILED:
+            logger.info("Replacing failed model %r", name)
+            await self.remove(name)
+        elif state is not None:
+            raise ModelAlreadyLoadedError(
+                f"A model named {name!r} is already loaded ({state.value})"
+            )
+        args = {**self.engine_args, **engine_args}
         try:
-            loaded = await asyncio.to_thread(self.controller.load, model, name, **args)
-        except Exception:
+            prepared = await asyncio.to_thread(
+                self.controller.prepare, model, name, **args
+            )
+            reservation = await self.placement.reserve_load(name, prepared, self._evict)
+            try:
+                async with self.placement.exclusive(reservation):
+                    loaded = await asyncio.to_thread(
+                        self.controller.load,
+                        model,
+                        name,
+                        prepared=prepared,
+                        lease=reservation.take_lease(),
+                    )
+            finally:
+                self.placement.release(reservation)
+        except ModelUnavailableError:
+            raise  # no room now: not the model's failure
+        except WorkerControllerError:
             self.metrics.failures.inc()
             raise
         self.metrics.observe_load(loaded.timings_s)
+        origin = self.catalog.get(name) or CatalogEntry(model, engine_args)
+        try:
+            app = await self._build_app(name, model)
+        except BaseException:
+            await asyncio.to_thread(self.controller.unload, name)
+            raise
+        self._served[name] = _Served(app, model, keep_alive_s=origin.keep_alive_s)
+        self._origins[name] = origin
+        self._backoff.pop(name, None)
+        return {"name": name, "model": model, "timings_s": loaded.timings_s}
+
+    async def _build_app(self, name: str, model: str) -> ASGIApp:
+        """vLLM's OpenAI app over the model's ``AsyncLLM``, with an engine
+        death answered as 503 (upstream's handler shuts a one-model server
+        down, and reads ``app.state.server``, which only it has)."""
         client = self.controller.engine_client(name)
         tasks = await client.get_supported_tasks()
         args = Namespace(**{**vars(self.args), "model": model})
         args.served_model_name = [name]
         app = build_app(args, tasks, client.model_config)
         await init_app_state(client, app.state, args, tasks)
-        keep_alive = self.catalog.get(name, CatalogEntry(model)).keep_alive_s
-        self._served[name] = _Served(app, model, keep_alive_s=keep_alive)
-        return {"name": name, "model": model, "timings_s": loaded.timings_s}
 
-    async def remove(self, name: str) -> None:
-        self._served.pop(name, None)
+        async def engine_error(request: Request, exc: Exception) -> Response:
+            if isinstance(exc, ModelStoppedError):
+                message = str(exc)
+            else:
+                why = self.controller.failure(name) or "its engine stopped"
+                message = (
+                    f"The model `{name}` stopped serving ({why}); it is "
+                    "reloaded on the next request"
+                )
+            return error_response(
+                503, message, "ServiceUnavailableError", retry_after_s=1
+            )
+
+        app.add_exception_handler(EngineDeadError, engine_error)
+        app.add_exception_handler(EngineGenerateError, engine_error)
+        return app
+
+    async def remove(self, name: str, why: str = "was unloaded") -> None:
+        """Unloads ``name``; its in-flight requests end with an error
+        (an SSE error event where the response has started)."""
+        if self._served.pop(name, None) is not None:
+            self.end_requests(name, f"The model `{name}` {why}")
         await asyncio.to_thread(self.controller.unload, name)
+        self.placement.forget(name)
         self.metrics.unloads.inc()
 
-    async def evict(self, name: str) -> None:
-        """Parks an idle model if the host-RAM budget allows, else unloads it."""
+    def end_requests(self, name: str, message: str) -> None:
+        """Fails the model's in-flight requests with ``message``."""
+        try:
+            client = self.controller.engine_client(name)
+        except WorkerControllerError:
+            return
+        client.output_processor.propagate_error(ModelStoppedError(message))
+
+    async def _evict(self, name: str, unload: bool) -> None:
+        """Parks an idle model if that is enough and allowed, else unloads."""
         self.metrics.evictions.inc()
-        if self.controller.can_park(name):
+        if not unload and self.controller.can_park(name):
             await self.park(name)
         else:
-            await self.remove(name)
+            await self.remove(name, "was unloaded to make room")
 
     async def park(self, name: str) -> dict:
-        served = self._served.get(name)
-        if served is not None and served.in_flight:
+        if pins := self.placement.pins(name):
             raise ParkingUnavailableError(
-                f"Model {name!r} has {served.in_flight} requests in flight"
+                f"Model {name!r} has {pins} requests in flight"
             )
         timings = await self.controller.park(name)
         self.metrics.parks.inc()
@@ -183,11 +320,12 @@ class ModelRouter:
         if (state := self.controller.state(name)) != ModelState.PARKED:
             what = state.value if state else "not loaded"
             raise ParkingUnavailableError(f"Model {name!r} is {what}, not parked")
-        client = self.controller.engine_client(name)
-        await self._make_room(
-            client.vllm_config.cache_config.gpu_memory_utilization, 0, name
-        )
-        timings = await self.controller.unpark(name)
+        reservation = await self.placement.reserve_unpark(name, self._evict)
+        try:
+            async with self.placement.exclusive(reservation):
+                timings = await self.controller.unpark(name)
+        finally:
+            self.placement.release(reservation)
         self.metrics.unparks.inc()
         return {"name": name, "state": ModelState.READY.value, "timings_s": timings}
 
@@ -196,89 +334,123 @@ class ModelRouter:
         keep-alive (forever: never)."""
         while True:
             await asyncio.sleep(period_s)
-            now = time.monotonic()
             for name, served in list(self._served.items()):
                 keep_alive = served.keep_alive_s
                 if keep_alive is None:
                     keep_alive = self.keep_alive_s
                 if (
-                    not served.in_flight
-                    and now - served.last_used >= keep_alive
-                    and self.controller.state(name) == ModelState.READY
+                    self.controller.state(name) == ModelState.READY
+                    and self.placement.idle_s(name) >= keep_alive
                 ):
                     logger.info("Idle for %.0f s: %r makes room", keep_alive, name)
-                    await self.evict(name)
+                    try:
+                        await self.placement.evict_idle(name, False, self._evict)
+                    except WorkerControllerError as e:
+                        logger.warning("Expiring %r failed: %s", name, e)
 
-    async def _ensure_loaded(self, name: str, entry: CatalogEntry) -> _Served:
-        """One load per name, however many requests wait for it."""
-        if name not in self._loading:
-            self._loading[name] = asyncio.create_task(
-                self.add(name, entry.model, entry.engine_args)
-            )
-            self._loading[name].add_done_callback(
-                lambda _: self._loading.pop(name, None)
-            )
-        await asyncio.shield(self._loading[name])
-        return self._served[name]
-
-    async def _make_room(
-        self, gpu_memory_utilization: float, workers: int, unparking: str | None = None
-    ) -> None:
-        """Frees what one more awake engine needs, LRU idle models first.
-
-        ``workers``: processes a new engine leases (0 when ``unparking``, which
-        keeps its own). Waits up to ``load_wait_s`` for busy models to idle.
-        """
+    async def _ensure_ready(self, name: str) -> _Served:
+        """Waits until ``name`` can serve: loads, reloads (a failed model)
+        or unparks it as needed; raises what the client should be told."""
         deadline = time.monotonic() + self.load_wait_s
-        while shortage := self._shortage(gpu_memory_utilization, workers, unparking):
-            states, unload = shortage
-            idle = [
-                (s.last_used, n)
-                for n, s in self._served.items()
-                if not s.in_flight and self.controller.state(n) in states
-            ]
-            if idle:
-                name = min(idle)[1]
-                logger.info("Making room: least recently used model %r", name)
-                if unload:
-                    self.metrics.evictions.inc()
-                    await self.remove(name)
-                else:
-                    await self.evict(name)
+        reloads = 0
+        while True:
+            state = self.controller.state(name)
+            served = self._served.get(name)
+            if state == ModelState.READY and served is not None:
+                return served
+            if state == ModelState.PARKED and served is not None:
+                await self.unpark(name)
+            elif name in self._loading:
+                await asyncio.shield(self._loading[name])
+            elif (
+                state in (None, ModelState.FAILED)
+                and not self.placement.settling(name)
+                and reloads < 2  # it died again at once: let the client retry
+            ):
+                reloads += 1
+                await self._reload(name, state)
             elif time.monotonic() < deadline:
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.05)  # parking, unloading, unparking
             else:
-                raise ModelUnavailable("all loaded models are busy")
+                what = state.value if state else "being unloaded"
+                raise ModelUnavailableError(
+                    f"The model `{name}` is {what}", retry_after_s=2
+                )
 
-    def _shortage(
-        self, gpu_memory_utilization: float, workers: int, unparking: str | None
-    ) -> tuple[set[ModelState], bool] | None:
-        """What must go for one more awake engine: (states of the models
-        that may make room, whether they must be unloaded), or None."""
-        ready = {ModelState.READY}
-        awake = sum(
-            self.controller.state(n)
-            in (ModelState.LOADING, ModelState.READY, ModelState.UNPARKING)
-            for n in self._served
-        )
-        if self.max_loaded_models is not None and awake >= self.max_loaded_models:
-            return ready, False
-        idle = sum(
-            w["kind"] == "worker" and w["state"] == "idle"
-            for w in self.controller.list_workers()
-        )
-        if idle < workers:  # only an unload gives processes back
-            return {ModelState.READY, ModelState.PARKED, ModelState.FAILED}, True
-        if not self.controller.has_room(gpu_memory_utilization, workers, unparking):
-            return ready, False
-        return None
+    async def _reload(self, name: str, state: ModelState | None) -> None:
+        entry = self.resolve(name)
+        if entry is None:
+            if state == ModelState.FAILED:
+                raise ModelUnavailableError(
+                    f"The model `{name}` failed "
+                    f"({self.controller.failure(name)}) and cannot be reloaded "
+                    "on demand: load it through the management API",
+                    retry_after_s=None,
+                )
+            raise ModelNotFoundError(f"The model `{name}` does not exist.")
+        backoff = self._backoff.get(name)
+        if backoff is not None:
+            if backoff.failures >= _MAX_AUTO_RELOADS:
+                raise ModelUnavailableError(
+                    f"The model `{name}` failed to load {backoff.failures} times "
+                    f"(last: {backoff.error}); load it again through the "
+                    "management API",
+                    retry_after_s=None,
+                )
+            if (wait := backoff.not_before - time.monotonic()) > 0:
+                raise ModelUnavailableError(
+                    f"The model `{name}` failed to load ({backoff.error}); "
+                    f"next attempt in {wait:.0f} s",
+                    retry_after_s=wait,
+                )
+        if state == ModelState.FAILED:
+            logger.info(
+                "Reloading failed model %r (%s)", name, self.controller.failure(name)
+            )
+        try:
+            await self.add(name, entry.model, entry.engine_args)
+        except ModelBusyError:
+            return  # another request started it; the caller waits for it
+        except (ModelUnavailableError, ModelAlreadyLoadedError):
+            raise  # no room, or a race with a management load: not a failure
+        except WorkerControllerError as e:
+            failures = backoff.failures + 1 if backoff else 1
+            self._backoff[name] = _Backoff(
+                failures,
+                str(e),
+                time.monotonic() + min(2.0**failures, _MAX_BACKOFF_S),
+            )
+            logger.error("Loading %r on request failed: %s", name, e)
+            raise ModelUnavailableError(
+                f"The model `{name}` failed to load: {e}",
+                retry_after_s=min(2.0**failures, _MAX_BACKOFF_S)
+                if failures < _MAX_AUTO_RELOADS
+                else None,
+            ) from e
+
+    # -------------------------------------------------------------- ASGI
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # lifespan and websockets: nothing to do here
-        path = scope["path"]
+        try:
+            body = await self._read_body(scope, receive)
+        except _BodyTooLarge:
+            await send_error(
+                send,
+                413,
+                f"Request body larger than {self.max_body_bytes / 2**20:g} MiB "
+                "(--max-request-body-mb)",
+                "RequestEntityTooLargeError",
+            )
+            return
+        receive = _replay(body, receive)
+        path, method = scope["path"], scope["method"]
         if path == "/health":
-            await _json(send, 200, {"status": "ok"})
+            if method not in ("GET", "HEAD"):
+                await _method_not_allowed(send, method, path, "GET")
+            else:
+                await send_json(send, 200, {"status": "ok"})
         elif path == "/metrics":
             body = self.metrics.render(self.controller)
             await send(
@@ -294,67 +466,113 @@ class ModelRouter:
         else:
             await self._openai(scope, receive, send)
 
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The whole request body, refused beyond the size limit (before
+        reading it when the client announces its length)."""
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            raise _BodyTooLarge
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # disconnected: the app sees it on its next receive
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        return b"".join(chunks)
+
     async def _openai_endpoints(
         self, scope: Scope, receive: Receive, send: Send
     ) -> None:
         path, method = scope["path"], scope["method"]
-        if path == "/v1/models" and method == "GET":
-            await _json(send, 200, {"object": "list", "data": self._model_cards()})
-        elif method == "POST" and path.startswith("/v1/"):
-            await self._dispatch(scope, receive, send)
-        else:
-            await _error(send, 404, f"Not found: {method} {path}", "NotFoundError")
-
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await _read_body(receive)
-        try:
-            name = json.loads(body)["model"]
-        except (ValueError, KeyError, TypeError):
-            await _error(
-                send,
-                400,
-                "Request body must be JSON with a 'model' field",
-                "BadRequestError",
-                param="model",
-            )
+        if path == "/v1/models":
+            if method not in ("GET", "HEAD"):
+                await _method_not_allowed(send, method, path, "GET")
+            else:
+                await send_json(
+                    send, 200, {"object": "list", "data": self._model_cards()}
+                )
             return
-        served = self._served.get(name)
-        while self.controller.state(name) == ModelState.PARKING:
-            await asyncio.sleep(0.02)
-        if served is not None and self.controller.state(name) == ModelState.PARKED:
+        match = self._match(scope)
+        if match is Match.PARTIAL:
+            await _method_not_allowed(send, method, path, "POST")
+        elif match is Match.NONE:
+            await send_error(send, 404, f"Not found: {method} {path}", "NotFoundError")
+        else:
+            body = (await receive())["body"]
+            await self._dispatch(scope, body, receive, send)
+
+    def _match(self, scope: Scope, app: Any | None = None) -> Match:
+        """Whether a model app (``app``, or any generation or pooling
+        model's before one is loaded) has this POST route: FULL, PARTIAL
+        (it has, but this request uses another method) or NONE."""
+        path = scope["path"]
+        post = scope["method"] == "POST"
+        if path in _NON_MODEL_PATHS:
+            return Match.NONE
+        if app is None and path in _POOLING_PATHS:
+            return Match.FULL if post else Match.PARTIAL
+        as_post = {**scope, "method": "POST"}
+        for route in app.routes if app is not None else self._model_routes:
+            if "POST" not in (getattr(route, "methods", None) or ()):
+                continue
+            if route.matches(as_post)[0] is Match.FULL:
+                return Match.FULL if post else Match.PARTIAL
+        return Match.NONE
+
+    async def _dispatch(
+        self, scope: Scope, body: bytes, receive: Receive, send: Send
+    ) -> None:
+        name = _model_name(body)
+        if isinstance(name, _Invalid):
+            await send_error(send, 400, name.message, "BadRequestError", "model")
+            return
+        if self.controller.state(name) is None and self.resolve(name) is None:
+            await _not_found(send, name)
+            return
+        with self.placement.pin(name):
             try:
-                await self.unpark(name)
-            except (WorkerControllerError, ModelUnavailable) as e:
-                await _unavailable(send, name, f"is parked and cannot unpark now: {e}")
+                served = await self._ensure_ready(name)
+            except ModelNotFoundError:
+                await _not_found(send, name)
                 return
-        if served is None and (entry := self.resolve(name)) is not None:
-            try:
-                served = await self._ensure_loaded(name, entry)
-            except WorkerControllerError as e:
-                logger.error("Loading %r on request failed: %s", name, e)
-                await _error(
-                    send, 500, f"The model `{name}` failed to load: {e}", "LoadError"
+            except ModelUnavailableError as e:
+                await send_error(
+                    send,
+                    503,
+                    str(e),
+                    "ServiceUnavailableError",
+                    "model",
+                    retry_after_s=e.retry_after_s,
                 )
                 return
-            except ModelUnavailable as e:
-                await _unavailable(send, name, f"cannot be loaded now: {e}")
+            except WorkerControllerError as e:
+                await send_error(
+                    send,
+                    503,
+                    f"The model `{name}` cannot serve now: {e}",
+                    "ServiceUnavailableError",
+                    "model",
+                    retry_after_s=5,
+                )
                 return
-        if served is None:
-            await _error(
-                send,
-                404,
-                f"The model `{name}` does not exist.",
-                "NotFoundError",
-                param="model",
-            )
-            return
-        served.in_flight += 1
-        served.last_used = time.monotonic()
-        try:
+            app: Any = served.app
+            match = self._match(scope, app)
+            if match is not Match.FULL:
+                await send_error(
+                    send,
+                    404,
+                    f"The model `{name}` does not serve {scope['path']}",
+                    "NotFoundError",
+                )
+                return
             await served.app(scope, _replay(body, receive), send)
-        finally:
-            served.in_flight -= 1
-            served.last_used = time.monotonic()
 
     def _model_cards(self) -> list[dict[str, Any]]:
         states = {m["name"]: m["state"] for m in self.controller.list_models()}
@@ -362,6 +580,8 @@ class ModelRouter:
             name: {"root": served.model, "state": states.get(name, "unknown")}
             for name, served in self._served.items()
         }
+        for name, state in states.items():
+            cards.setdefault(name, {"root": None, "state": state})
         for name in self._loading:
             cards.setdefault(name, {"root": None, "state": "loading"})
         for name, entry in self.catalog.items():
@@ -377,13 +597,22 @@ class ModelRouter:
         ]
 
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
+@dataclass
+class _Invalid:
+    message: str
+
+
+def _model_name(body: bytes) -> str | _Invalid:
+    """The request's ``model``, or why the body has none."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        return _Invalid("Request body must be JSON")
+    if not isinstance(payload, dict) or "model" not in payload:
+        return _Invalid("Request body must be a JSON object with a 'model' field")
+    if not isinstance(payload["model"], str):
+        return _Invalid("'model' must be a string")
+    return payload["model"]
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -401,42 +630,18 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _json(
-    send: Send, status: int, payload: dict, headers: list | None = None
-) -> None:
-    data = json.dumps(payload).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), *(headers or [])],
-        }
+async def _not_found(send: Send, name: str) -> None:
+    shown = name if len(name) <= 100 else name[:100] + "..."
+    await send_error(
+        send, 404, f"The model `{shown}` does not exist.", "NotFoundError", "model"
     )
-    await send({"type": "http.response.body", "body": data})
 
 
-async def _unavailable(send: Send, name: str, why: str) -> None:
-    """503 with Retry-After: the model exists but cannot serve yet."""
-    await _error(
+async def _method_not_allowed(send: Send, method: str, path: str, allow: str) -> None:
+    await send_error(
         send,
-        503,
-        f"The model `{name}` {why}",
-        "ServiceUnavailableError",
-        param="model",
-        headers=[(b"retry-after", b"5")],
+        405,
+        f"Method {method} not allowed for {path}",
+        "MethodNotAllowedError",
+        headers={"allow": allow},
     )
-
-
-async def _error(
-    send: Send,
-    status: int,
-    message: str,
-    kind: str,
-    param: str | None = None,
-    headers: list | None = None,
-) -> None:
-    """An OpenAI-style error body, as vLLM's own handlers produce."""
-    error = ErrorResponse(
-        error=ErrorInfo(message=message, type=kind, param=param, code=status)
-    )
-    await _json(send, status, error.model_dump(), headers)

@@ -8,16 +8,23 @@ same ZMQ handshake and wire protocol to the front end, the same scheduler
 and busy loop, with a :class:`RemoteExecutor` over the leased workers.
 """
 
+import queue
 import signal
+import threading
+import time
 from multiprocessing.connection import Connection
 from typing import Any
+
+import zmq
 
 import vllm.envs as envs
 from vllm.config import VllmConfig
 from vllm.distributed.device_communicators.shm_broadcast import Handle, MessageQueue
 from vllm.logger import init_logger
-from vllm.v1.engine import EngineCoreRequestType
+from vllm.utils.network_utils import make_zmq_socket
+from vllm.v1.engine import EngineCoreRequest, EngineCoreRequestType
 from vllm.v1.engine.core import EngineCoreProc, EngineShutdownState
+from vllm.v1.serial_utils import MsgpackEncoder
 from vllm.worker_controller.executor.remote_executor import (
     RemoteExecutor,
     WorkerLease,
@@ -27,9 +34,23 @@ from vllm.worker_controller.worker.model_runner import release_memory
 
 logger = init_logger(__name__)
 
+# The request id of the message that ends a retired engine's input thread.
+_RETIRE_REQUEST_ID = "vllm-worker-controller-retire"
+# The routing id upstream's EngineCore gives its input socket (engine 0).
+_ENGINE_IDENTITY = (0).to_bytes(length=2, byteorder="little")
+_RETIRE_TIMEOUT_S = 5.0
+
 
 class PooledEngineCoreProc(EngineCoreProc):
     """``EngineCoreProc`` that can be unloaded from outside its busy loop."""
+
+    def preprocess_add_request(self, request: EngineCoreRequest) -> Any:
+        """Upstream's, except for the host's retire message: SystemExit ends
+        the input socket thread that runs this, quietly (``threading``
+        ignores SystemExit, and upstream catches only ``Exception`` here)."""
+        if request.request_id == _RETIRE_REQUEST_ID:
+            raise SystemExit
+        return super().preprocess_add_request(request)
 
     def request_unload(self) -> None:
         """Asks the busy loop to abort in-flight requests and exit.
@@ -59,9 +80,8 @@ class PooledEngineCoreProc(EngineCoreProc):
             self.shutdown()
             # Upstream's socket IO threads loop for the life of their
             # process and hold this object. Drop its state so the scheduler,
-            # executor and shared-memory queues are freed now; the idle
-            # threads stay (they touch the object only when a message comes,
-            # and the front end is closed after an unload).
+            # executor and shared-memory queues are freed now; the threads
+            # end at EngineHost.retire_engine, once the front end is closed.
             vars(self).clear()
         return None
 
@@ -76,6 +96,8 @@ class EngineHost(PooledProcessHandler):
         self.state = "idle"
         self._broadcast_mq: MessageQueue | None = None
         self.engine_core: PooledEngineCoreProc | None = None
+        self._retiring: tuple[queue.Queue, list[threading.Thread]] | None = None
+        """The last engine's output queue and socket threads, until retired."""
 
     def describe(self) -> dict[str, Any]:
         return {"baseline_bytes": 0, "device": "cpu"}
@@ -111,6 +133,7 @@ class EngineHost(PooledProcessHandler):
         self._broadcast_mq = None
         self.state = "starting"
         RemoteExecutor.pending_lease = lease
+        before = set(threading.enumerate())
         try:
             self.engine_core = PooledEngineCoreProc(
                 vllm_config=vllm_config,
@@ -124,6 +147,8 @@ class EngineHost(PooledProcessHandler):
             lease.broadcast_mq.shutdown()
             self.state = "idle"
             raise
+        threads = [t for t in threading.enumerate() if t not in before]
+        self._retiring = (self.engine_core.output_queue, threads)
         self.state = "serving"
         return lease.phases_s
 
@@ -137,6 +162,59 @@ class EngineHost(PooledProcessHandler):
             release_memory()
             self.state = "idle"
         return {"error": error}
+
+    def retire_engine(self, input_address: str, output_address: str) -> bool:
+        """Ends the last engine's socket threads once its front end closed;
+        returns whether they ended.
+
+        Upstream's EngineCore IO threads run for the life of their process:
+        the output thread until it sends ENGINE_CORE_DEAD, the input thread
+        forever. Standing in for the closed front end, the host binds its two
+        addresses (the engine's sockets reconnect to them), lets the output
+        thread send ENGINE_CORE_DEAD, and sends the input thread the request
+        that ends it (``PooledEngineCoreProc.preprocess_add_request``).
+        """
+        if self._retiring is None:
+            return True
+        output_queue, threads = self._retiring
+        self._retiring = None
+        message = (
+            EngineCoreRequestType.ADD.value,
+            *MsgpackEncoder().encode(
+                EngineCoreRequest(
+                    request_id=_RETIRE_REQUEST_ID,
+                    prompt_token_ids=None,
+                    mm_features=None,
+                    sampling_params=None,
+                    pooling_params=None,
+                    arrival_time=0.0,
+                    lora_request=None,
+                    cache_salt=None,
+                    data_parallel_rank=None,
+                )
+            ),
+        )
+        deadline = time.monotonic() + _RETIRE_TIMEOUT_S
+        ctx = zmq.Context()
+        try:
+            make_zmq_socket(ctx, output_address, zmq.PULL, bind=True, linger=0)
+            router = make_zmq_socket(ctx, input_address, zmq.ROUTER, bind=True)
+            router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            output_queue.put_nowait(EngineCoreProc.ENGINE_CORE_DEAD)
+            while time.monotonic() < deadline:
+                try:  # fails until the input socket has reconnected
+                    router.send_multipart((_ENGINE_IDENTITY, *message), zmq.NOBLOCK)
+                    break
+                except zmq.ZMQError:
+                    time.sleep(0.02)
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+        finally:
+            ctx.destroy(linger=0)
+        alive = [t.name for t in threads if t.is_alive()]
+        if alive:
+            logger.warning("Threads of the last engine did not end: %s", alive)
+        return not alive
 
     def stop(self) -> None:
         if (engine_core := self.engine_core) is not None:

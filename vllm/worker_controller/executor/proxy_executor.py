@@ -13,7 +13,7 @@ speaks to the ranks of one engine through them, the way upstream executors
 import itertools
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from vllm.worker_controller.pool import PooledProcess
 
 logger = init_logger(__name__)
+
+# How long the other ranks of a load may still finish once one failed.
+_PEER_GRACE_S = 10.0
 
 
 class ControlChannel:
@@ -89,11 +92,13 @@ class ControlChannel:
         with self._lock:
             self._lost = True
             pending, self._pending = self._pending, {}
+        # First the pool and controller (they record how it died), then the
+        # callers waiting on it, so that their errors can say so.
+        self._on_lost()
         for method, future in pending.values():
             future.set_exception(
                 WorkerLostError(f"{self.name} died while running {method}")
             )
-        self._on_lost()
 
 
 class ProxyExecutor:
@@ -132,10 +137,20 @@ class ProxyExecutor:
             )
             for rank, w in enumerate(workers)
         ]
-        _, pending = wait(futures, self.load_timeout_s)
         for w, f in zip(workers, futures, strict=True):
-            if f.done() and f.exception() is None:
-                w.serving = w.channel.call_async("serve")
+            w.loading = f
+        # One failed rank fails the load now: its peers would wait for it
+        # in the process group's rendezvous until the load timeout.
+        _, pending = wait(futures, self.load_timeout_s, FIRST_EXCEPTION)
+        if pending and len(pending) < len(futures):
+            _, pending = wait(pending, _PEER_GRACE_S)
+        for w, f in zip(workers, futures, strict=True):
+            if f.done():
+                w.loading = None
+                if f.exception() is None:
+                    w.serving = w.channel.call_async("serve")
+        if failed := [f.exception() for f in futures if f.done() and f.exception()]:
+            raise failed[0]
         if pending:
             raise TimeoutError(f"{len(pending)} rank(s) did not finish loading")
         return [f.result() for f in futures]

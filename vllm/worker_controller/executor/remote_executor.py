@@ -54,8 +54,10 @@ class RemoteExecutor(MultiprocExecutor):
     def _init_executor(self) -> None:
         lease, RemoteExecutor.pending_lease = RemoteExecutor.pending_lease, None
         assert lease is not None, "RemoteExecutor runs only inside an engine host"
+        # No weakref.finalize(self, self.shutdown) as upstream's: its bound
+        # method would keep every past executor of this host alive.
+        # EngineCore.shutdown calls shutdown.
         self.lease = lease
-        self._finalizer = weakref.finalize(self, self.shutdown)
         self.is_failed = False
         self.failure_callback = None
         self._get_parallel_sizes()
