@@ -1,60 +1,108 @@
 # SPDX-License-Identifier: Apache-2.0
 """Management API: load, unload and inspect models and workers.
 
-Bearer-token protected (``--admin-token``; generated and printed once when
-not given). Loads are limited to catalog models and paths under
-``--allowed-model-dir``, and ``trust_remote_code`` comes only from the
-catalog: a management call must not be a way to run code that the operator
-did not vet.
+Bearer-token protected (``--admin-token``, else a generated one in a 0600
+file). Loads are limited to catalog models and paths under
+``--allowed-model-dir``, and their engine args to ``access.py``'s allowlist
+(plus what the catalog entry allows): a management call must not be a way
+to read files, open sockets or run code that the operator did not vet.
+Every answer, errors included, is JSON in the OpenAI error shape.
 """
 
 import asyncio
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp
 
-from vllm.entrypoints.serve.utils.server_utils import AuthenticationMiddleware
+from vllm.worker_controller.access import BearerAuth, check_engine_args
 from vllm.worker_controller.errors import (
+    EngineArgNotAllowedError,
     InsufficientWorkersError,
     InvalidEngineArgsError,
     ModelAlreadyLoadedError,
+    ModelBusyError,
     ModelLoadError,
     ModelNotFoundError,
+    ModelUnavailableError,
     ParkingUnavailableError,
+    PoolTooSmallError,
     WorkerControllerError,
 )
-from vllm.worker_controller.router import ModelRouter, ModelUnavailable
+from vllm.worker_controller.responses import error_response
+from vllm.worker_controller.router import ModelRouter
 
-# Controller errors -> HTTP status of the management API.
-_STATUS = {
+# Controller errors -> HTTP status; the most specific class wins (a
+# PoolTooSmallError is an InsufficientWorkersError that waiting cannot fix).
+_STATUS: dict[type[Exception], int] = {
     InvalidEngineArgsError: 400,
+    PoolTooSmallError: 400,
+    EngineArgNotAllowedError: 403,
     ModelNotFoundError: 404,
     ModelAlreadyLoadedError: 409,
-    ModelLoadError: 422,
+    ModelBusyError: 409,
     ParkingUnavailableError: 409,
+    ModelLoadError: 422,
     InsufficientWorkersError: 503,
-    ModelUnavailable: 503,
+    ModelUnavailableError: 503,
+}
+# Error ``type`` per status: the openai client's exception class names, as
+# vLLM's own error bodies use them.
+_KIND = {
+    400: "BadRequestError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    409: "ConflictError",
+    422: "UnprocessableEntityError",
+    500: "InternalServerError",
+    503: "ServiceUnavailableError",
 }
 
 
 class LoadRequest(BaseModel):
+    # A misspelt field would otherwise load the model without it.
+    model_config = ConfigDict(extra="forbid")
+
     model: str
     name: str | None = None
     engine_args: dict[str, Any] = Field(default_factory=dict)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"message": message, "type": "ControllerError", "code": status}},
-        status_code=status,
-    )
+def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
+    return error_response(status, message, _KIND.get(status, "ControllerError"), param)
 
 
-def build_management_app(router: ModelRouter, admin_token: str) -> Any:
+def _controller_error(e: WorkerControllerError) -> JSONResponse:
+    status = next((_STATUS[c] for c in type(e).__mro__ if c in _STATUS), 500)
+    retry_after = e.retry_after_s if isinstance(e, ModelUnavailableError) else None
+    return error_response(status, str(e), _KIND[status], retry_after_s=retry_after)
+
+
+def build_management_app(router: ModelRouter, admin_token: str) -> ASGIApp:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     controller = router.controller
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError):
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in exc.errors()
+        )
+        return _error(400, f"Invalid request: {problems}")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        # Unknown route (404) or method (405, with its Allow header):
+        # FastAPI's own answer would be {"detail": ...}.
+        response = _error(
+            exc.status_code, f"{exc.detail}: {request.method} {request.url.path}"
+        )
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.post("/v1/controller/models")
     async def load(request: LoadRequest) -> JSONResponse:
@@ -64,23 +112,26 @@ def build_management_app(router: ModelRouter, admin_token: str) -> Any:
                 403,
                 f"{request.model!r} is neither in the catalog nor under "
                 "--allowed-model-dir",
+                "model",
             )
-        if request.engine_args.get("trust_remote_code"):
-            return _error(403, "trust_remote_code can be enabled only by the catalog")
         model = entry.model if entry else request.model
         engine_args = {**(entry.engine_args if entry else {}), **request.engine_args}
         name = request.name or request.model.rstrip("/").rsplit("/", 1)[-1]
         try:
+            # Before anything is evicted for it.
+            check_engine_args(
+                request.engine_args, entry.allow_engine_args if entry else frozenset()
+            )
             return JSONResponse(await router.add(name, model, engine_args))
-        except (WorkerControllerError, ModelUnavailable) as e:
-            return _error(_STATUS.get(type(e), 500), str(e))
+        except WorkerControllerError as e:
+            return _controller_error(e)
 
     @app.delete("/v1/controller/models/{name}")
     async def unload(name: str) -> JSONResponse:
         try:
             await router.remove(name)
         except WorkerControllerError as e:
-            return _error(_STATUS.get(type(e), 500), str(e))
+            return _controller_error(e)
         return JSONResponse({"name": name, "unloaded": True})
 
     @app.post("/v1/controller/models/{name}/park")
@@ -88,14 +139,14 @@ def build_management_app(router: ModelRouter, admin_token: str) -> Any:
         try:
             return JSONResponse(await router.park(name))
         except WorkerControllerError as e:
-            return _error(_STATUS.get(type(e), 500), str(e))
+            return _controller_error(e)
 
     @app.post("/v1/controller/models/{name}/unpark")
     async def unpark(name: str) -> JSONResponse:
         try:
             return JSONResponse(await router.unpark(name))
-        except (WorkerControllerError, ModelUnavailable) as e:
-            return _error(_STATUS.get(type(e), 500), str(e))
+        except WorkerControllerError as e:
+            return _controller_error(e)
 
     @app.get("/v1/controller/models")
     async def models() -> JSONResponse:
@@ -106,4 +157,4 @@ def build_management_app(router: ModelRouter, admin_token: str) -> Any:
         workers = await asyncio.to_thread(controller.list_workers, True)
         return JSONResponse(workers)
 
-    return AuthenticationMiddleware(app, [admin_token])
+    return BearerAuth(app, [admin_token], credential="admin token")
