@@ -34,8 +34,11 @@ TINY_FLAGS = [
 ]
 
 
-def start_server(*flags: str) -> tuple[subprocess.Popen, str]:
-    """A real ``serve`` process; returns it and its URL once healthy."""
+def start_server(
+    *flags: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """A real ``serve`` process (``env``: extra environment variables);
+    returns it and its URL once healthy."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "vllm.worker_controller.serve", f"--port={port}"]
@@ -43,6 +46,7 @@ def start_server(*flags: str) -> tuple[subprocess.Popen, str]:
         + list(flags),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300

@@ -5,29 +5,54 @@ Takes ``vllm serve``'s flags (vLLM's own parser: engine flags become every
 model's defaults), plus the pool's. MODEL arguments are loaded at start;
 with none, the SmolLM2 demo model is. Requests are routed by their
 ``model`` field to that model's vLLM OpenAI app (see ``router.py``).
+
+``vllm serve``'s server flags (TLS, CORS, uvicorn's logging and limits) are
+honoured the way it honours them; the few this server cannot honour are
+refused at start instead of ignored (docs/api.md lists them all).
 """
 
+import argparse
 import asyncio
 import dataclasses
+import json
 import math
 import secrets
 from argparse import Namespace
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 import uvicorn
 import yaml
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
+import vllm.envs as envs
 from vllm.engine.arg_utils import EngineArgs
 from vllm.entrypoints.openai.cli_args import make_arg_parser
 from vllm.logger import init_logger
+from vllm.logging_utils import create_uvicorn_log_config
 from vllm.platforms import current_platform
+from vllm.reasoning import ReasoningParserManager
+from vllm.tool_parsers import ToolParserManager
 from vllm.utils.argparse_utils import FlexibleArgumentParser
+from vllm.worker_controller.access import (
+    api_keys,
+    catalog_allowlist,
+    check_engine_args,
+    uvicorn_ssl_kwargs,
+    write_secret_file,
+)
 from vllm.worker_controller.controller import WorkerController
-from vllm.worker_controller.demo_model import ensure_demo_model
+from vllm.worker_controller.demo_model import (
+    default_cache_dir,
+    demo_engine_args,
+    ensure_demo_model,
+)
 from vllm.worker_controller.engine_metrics import log_stats_periodically
+from vllm.worker_controller.errors import WorkerControllerError
 from vllm.worker_controller.management import build_management_app
 from vllm.worker_controller.router import CatalogEntry, ModelRouter
 
@@ -35,6 +60,23 @@ logger = init_logger(__name__)
 
 # How long SIGTERM waits for in-flight requests before unloading.
 _DRAIN_S = 30
+# `vllm serve` flags this server cannot honour: refused when set, so that
+# none is silently dropped.
+_UNSUPPORTED_FLAGS = {
+    "enable_ssl_refresh": "restart the server to load new certificates",
+    "root_path": "serve at / behind a proxy that strips the prefix",
+    "middleware": "it would wrap each model's app but not the router in "
+    "front of them (API keys, loading, the management API)",
+    "uds": "listen on --host and --port",
+    "h11_max_header_count": "uvicorn has no such setting (vllm serve "
+    "sets it to no effect)",
+    "lora_modules": "LoRA adapters are not supported",
+    "api_server_count": "one API server process serves every model",
+    "headless": "there is no headless mode",
+    "grpc": "there is no gRPC server",
+}
+# TLS flags that mean nothing without a certificate.
+_TLS_FLAGS = ("ssl_keyfile", "ssl_ca_certs", "ssl_cert_reqs", "ssl_ciphers")
 
 
 class _Server(uvicorn.Server):
@@ -111,11 +153,46 @@ def make_parser() -> FlexibleArgumentParser:
     group.add_argument(
         "--admin-token",
         default=None,
-        help="bearer token of the management API (/v1/controller/...); "
-        "generated and printed once at start if not given",
+        help="bearer token of the management API (/v1/controller/...); if "
+        "not given, one is generated and written to --admin-token-file",
+    )
+    group.add_argument(
+        "--admin-token-file",
+        type=Path,
+        default=None,
+        help="file (mode 0600) the admin token is written to; default for a "
+        "generated token: ~/.cache/vllm-worker-controller/admin-token-PORT "
+        "($VLLM_WC_CACHE_DIR if set); with --admin-token: none",
+    )
+    group.add_argument(
+        "--max-request-body-mb",
+        type=_positive_float,
+        default=32.0,
+        help="larger request bodies are answered 413",
     )
     parser.set_defaults(host="127.0.0.1")
     return parser
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def check_server_flags(
+    parser: argparse.ArgumentParser, args: Namespace, defaults: Namespace
+) -> None:
+    """Exits (2, with the reason) on a server flag this server cannot
+    honour, rather than serving without it."""
+    for flag, why in _UNSUPPORTED_FLAGS.items():
+        if getattr(args, flag) != getattr(defaults, flag):
+            parser.error(f"--{flag.replace('_', '-')} is not supported: {why}")
+    if not args.ssl_certfile:
+        for flag in _TLS_FLAGS:
+            if getattr(args, flag) != getattr(defaults, flag):
+                parser.error(f"--{flag.replace('_', '-')} needs --ssl-certfile")
 
 
 def parse_duration(text: str | int) -> float:
@@ -127,24 +204,40 @@ def parse_duration(text: str | int) -> float:
 
 
 def load_catalog(path: Path) -> dict[str, CatalogEntry]:
-    """Reads the model catalog; ``trust_remote_code`` only where allowed."""
+    """Reads the model catalog. Raises ``ValueError`` naming the entry and
+    the field for engine args outside ``access.py``'s allowlist and the
+    entry's ``allow_engine_args``, and for ``trust_remote_code`` in engine
+    args without the entry's own ``trust_remote_code: true``."""
+    models = (yaml.safe_load(path.read_text()) or {}).get("models")
+    if not isinstance(models, dict):
+        raise ValueError("expected a top-level `models:` mapping")
     entries = {}
-    for name, spec in (yaml.safe_load(path.read_text()) or {})["models"].items():
-        engine_args = dict(spec.get("engine_args") or {})
-        if engine_args.get("trust_remote_code") and not spec.get("trust_remote_code"):
-            raise ValueError(
-                f"catalog model {name!r}: set trust_remote_code: true on the "
-                "entry to allow it"
-            )
-        if spec.get("trust_remote_code"):
-            engine_args["trust_remote_code"] = True
-        keep_alive = spec.get("keep_alive")
-        entries[name] = CatalogEntry(
-            model=str(spec["model"]),
-            engine_args=engine_args,
-            keep_alive_s=None if keep_alive is None else parse_duration(keep_alive),
-        )
+    for name, spec in models.items():
+        try:
+            entries[name] = _catalog_entry(spec)
+        except (ValueError, WorkerControllerError) as e:
+            raise ValueError(f"catalog model {name!r}: {e}") from e
     return entries
+
+
+def _catalog_entry(spec: Any) -> CatalogEntry:
+    if not isinstance(spec, dict) or "model" not in spec:
+        raise ValueError("expected a mapping with `model: PATH`")
+    engine_args = dict(spec.get("engine_args") or {})
+    trust_remote_code = bool(spec.get("trust_remote_code"))
+    if engine_args.pop("trust_remote_code", False) and not trust_remote_code:
+        raise ValueError("set trust_remote_code: true on the entry to allow it")
+    allowed = catalog_allowlist(spec.get("allow_engine_args") or ())
+    check_engine_args(engine_args, allowed)
+    if trust_remote_code:
+        engine_args["trust_remote_code"] = True
+    keep_alive = spec.get("keep_alive")
+    return CatalogEntry(
+        model=str(spec["model"]),
+        engine_args=engine_args,
+        keep_alive_s=None if keep_alive is None else parse_duration(keep_alive),
+        allow_engine_args=allowed,
+    )
 
 
 def engine_args_from(args: Namespace, defaults: Namespace) -> dict:
@@ -158,13 +251,64 @@ def engine_args_from(args: Namespace, defaults: Namespace) -> dict:
     }
 
 
-async def serve(args: Namespace, engine_args: dict) -> None:
+def admin_token(args: Namespace) -> str:
+    """``--admin-token``, else a new one. The token goes to a 0600 file
+    (``--admin-token-file``; for a generated one by default one per port in
+    the cache directory) whose path is logged, never the token: printed, it
+    would end up in logs and terminal scrollback."""
+    token = args.admin_token or secrets.token_urlsafe(32)
+    path = args.admin_token_file
+    if path is None and args.admin_token is None:
+        path = default_cache_dir() / f"admin-token-{args.port}"
+    if path is not None:
+        write_secret_file(path, token)
+        logger.info("Management API token: in %s (mode 0600)", path)
+    return token
+
+
+def uvicorn_kwargs(args: Namespace) -> dict[str, Any]:
+    """``vllm serve``'s HTTP server flags, as it hands them to uvicorn."""
+    kwargs: dict[str, Any] = {
+        "log_level": args.uvicorn_log_level,
+        "access_log": not args.disable_uvicorn_access_log,
+        "timeout_keep_alive": envs.VLLM_HTTP_TIMEOUT_KEEP_ALIVE,
+        "h11_max_incomplete_event_size": args.h11_max_incomplete_event_size,
+        **uvicorn_ssl_kwargs(args),
+    }
+    if args.log_config_file:  # JSON, as `vllm serve` reads it
+        kwargs["log_config"] = json.loads(Path(args.log_config_file).read_text())
+    elif args.disable_access_log_for_endpoints:
+        kwargs["log_config"] = create_uvicorn_log_config(
+            excluded_paths=[
+                p.strip()
+                for p in args.disable_access_log_for_endpoints.split(",")
+                if p.strip()
+            ],
+            log_level=args.uvicorn_log_level,
+        )
+    return kwargs
+
+
+def with_cors(app: ASGIApp, args: Namespace) -> ASGIApp:
+    """``vllm serve``'s CORS flags over every route: each model's own app
+    applies them to its answers only, so preflights and the router's own
+    answers would go without."""
+    return CORSMiddleware(
+        app,
+        allow_origins=args.allowed_origins,
+        allow_credentials=args.allow_credentials,
+        allow_methods=args.allowed_methods,
+        allow_headers=args.allowed_headers,
+    )
+
+
+async def serve(
+    args: Namespace, engine_args: dict, catalog: dict[str, CatalogEntry] | None
+) -> None:
+    server_kwargs = uvicorn_kwargs(args)  # a bad log config fails first
     requested = [m for m in (args.model_tag, *args.models) if m]
-    models = requested or ([] if args.model_catalog else [str(ensure_demo_model())])
-    if not requested and current_platform.is_cpu():
-        # vLLM's CPU compile takes a minute and, for this 4-bit-derived
-        # model, changes its greedy answer (stock vLLM does the same).
-        engine_args.setdefault("enforce_eager", True)
+    demo = not requested and catalog is None
+    models = requested or ([str(ensure_demo_model())] if demo else [])
     sleep_mode = current_platform.is_sleep_mode_available()
     park_gb = args.park_memory_gb
     if park_gb is None:
@@ -172,6 +316,8 @@ async def serve(args: Namespace, engine_args: dict) -> None:
     if park_gb > 0 and sleep_mode:
         # Parking is vLLM's sleep mode, which must be on from the load.
         engine_args.setdefault("enable_sleep_mode", True)
+    # The demo's own engine args (see demo_model.py), under the user's flags.
+    start_args = {**demo_engine_args(), **engine_args} if demo else {}
     controller = WorkerController(
         num_workers=args.num_workers,
         num_engine_hosts=args.num_engine_hosts,
@@ -187,21 +333,21 @@ async def serve(args: Namespace, engine_args: dict) -> None:
         engine_args,
         allowed_model_dir=args.allowed_model_dir,
         max_loaded_models=args.max_loaded_models,
-        catalog=load_catalog(args.model_catalog) if args.model_catalog else None,
+        catalog=catalog,
         keep_alive_s=parse_duration(args.keep_alive),
+        api_keys=api_keys(args),
+        max_body_bytes=int(args.max_request_body_mb * 2**20),
     )
-    admin_token = args.admin_token or secrets.token_urlsafe(24)
-    router.set_management(build_management_app(router, admin_token))
-    if args.admin_token is None:
-        print(f"Management API token (printed once): {admin_token}", flush=True)
+    router.set_management(build_management_app(router, admin_token(args)))
     try:
         for model in models:
             name = Path(model).name if Path(model).exists() else model
-            loaded = await router.add(name, model)
+            loaded = await router.add(name, model, start_args)
             logger.info(
                 "Serving %r (ready in %.1f s)", name, loaded["timings_s"]["total"]
             )
-        url = f"http://{args.host}:{args.port}"
+        scheme = "https" if args.ssl_certfile else "http"
+        url = f"{scheme}://{args.host}:{args.port}"
         example = Path(models[0]).name if models else "MODEL"
         body = (
             f'{{"model": "{example}", "messages": [{{"role": "user", '
@@ -218,10 +364,11 @@ async def serve(args: Namespace, engine_args: dict) -> None:
         # SIGTERM: stop accepting, let in-flight requests finish for at most
         # this long, then unload everything (the finally below).
         config = uvicorn.Config(
-            router,
+            with_cors(router, args),
             host=args.host,
             port=args.port,
             timeout_graceful_shutdown=_DRAIN_S,
+            **server_kwargs,
         )
         await _Server(config).serve()
         expiry.cancel()
@@ -230,11 +377,32 @@ async def serve(args: Namespace, engine_args: dict) -> None:
         await asyncio.to_thread(controller.shutdown)
 
 
-def main() -> None:
+def parse_cli(
+    argv: list[str] | None = None,
+) -> tuple[Namespace, dict, dict[str, CatalogEntry] | None]:
+    """Arguments, the engine flags the user set, and the catalog. A flag
+    that cannot be honoured or a bad catalog exits with status 2 and the
+    reason, before anything starts."""
     parser = make_parser()
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     defaults = parser.parse_args([])
-    asyncio.run(serve(args, engine_args_from(args, defaults)))
+    check_server_flags(parser, args, defaults)
+    try:
+        catalog = load_catalog(args.model_catalog) if args.model_catalog else None
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        parser.error(f"--model-catalog {args.model_catalog}: {e}")
+    return args, engine_args_from(args, defaults), catalog
+
+
+def main() -> None:
+    args, engine_args, catalog = parse_cli()
+    # In this process too, as `vllm serve` does: each model's OpenAI app
+    # looks up the parsers these plugins register.
+    if args.tool_parser_plugin:
+        ToolParserManager.import_tool_parser(args.tool_parser_plugin)
+    if args.reasoning_parser_plugin:
+        ReasoningParserManager.import_reasoning_parser(args.reasoning_parser_plugin)
+    asyncio.run(serve(args, engine_args, catalog))
 
 
 if __name__ == "__main__":
