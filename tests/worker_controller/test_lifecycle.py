@@ -3,10 +3,12 @@
 
 import asyncio
 import json
+import os
 import shutil
 import uuid
 from pathlib import Path
 
+import psutil
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -209,3 +211,43 @@ def test_checkpoints_of_one_architecture_share_the_compiled_model(
         for artifact in set(artifacts.glob("*")) - before:
             shutil.rmtree(artifact, ignore_errors=True)
     assert [len(c) for c in created] == [1, 0], created
+
+
+def _resources(pids: list[int]) -> dict[str, int]:
+    procs = [psutil.Process(pid) for pid in pids]
+    return {
+        "threads": sum(p.num_threads() for p in procs),
+        "fds": sum(p.num_fds() for p in procs),
+        "rss_mib": sum(p.memory_info().rss for p in procs) >> 20,
+    }
+
+
+def test_engine_host_and_controller_flat_over_20_cycles(
+    controller, tiny_models, greedy, capsys
+):
+    """Threads, open fds and RSS of the engine hosts and of the controller,
+    and /dev/shm entries, after 20 load / generate / unload cycles: flat
+    (upstream's EngineCore socket threads are ended at each unload)."""
+    hosts = [w["pid"] for w in controller.list_workers() if w["kind"] == "engine_host"]
+    shm = Path("/dev/shm")
+    rows = []
+    for _ in range(20):
+        controller.load(str(tiny_models["qwen3"]), name="cycle", **TINY_ARGS)
+        assert greedy("cycle", PROMPT, 4)
+        controller.unload("cycle")
+        rows.append(
+            {
+                "host": _resources(hosts),
+                "controller": _resources([os.getpid()]),
+                "shm": len(list(shm.iterdir())),
+            }
+        )
+    with capsys.disabled():
+        print(f"\nafter cycle 2: {rows[1]}\nafter cycle 20: {rows[-1]}")
+    assert pool_pids(controller) >= set(hosts)  # no host was replaced
+    first, last = rows[1], rows[-1]
+    for who in ("host", "controller"):
+        assert last[who]["threads"] <= first[who]["threads"] + 2, rows
+        assert last[who]["fds"] <= first[who]["fds"] + 8, rows
+        assert last[who]["rss_mib"] <= first[who]["rss_mib"] + 150, rows
+    assert last["shm"] <= first["shm"] + 2, rows

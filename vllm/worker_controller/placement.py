@@ -80,6 +80,8 @@ class _Shortage:
     """Whether only an unload helps (processes: a parked model keeps its)."""
     devices: frozenset[int] = field(default_factory=frozenset)
     """Where memory is short (empty: anywhere)."""
+    booting: bool = False
+    """Replacement processes will end it: worth waiting for them to boot."""
 
 
 class Placement:
@@ -95,6 +97,7 @@ class Placement:
         self.pool = controller.pool
         self.max_loaded_models = max_loaded_models
         self.wait_s = wait_s
+        self.boot_wait_s = max(wait_s, controller.settings.boot_timeout_s)
         self._reservations: dict[str, Reservation] = {}
         self._pins: Counter[str] = Counter()
         self._last_used: dict[str, float] = {}
@@ -190,12 +193,14 @@ class Placement:
         attempt: Callable[[], Reservation | _Shortage],
         evict: Evict,
     ) -> Reservation:
-        deadline = time.monotonic() + self.wait_s
+        start = time.monotonic()
         while True:
             result = attempt()  # synchronous: no await between check and hold
             if isinstance(result, Reservation):
                 self._reservations[name] = result
                 return result
+            wait_s = self.boot_wait_s if result.booting else self.wait_s
+            deadline = start + wait_s
             victim = self._victim(result, exclude=name)
             if victim is not None:
                 logger.info(
@@ -210,8 +215,7 @@ class Placement:
                 await asyncio.sleep(_RETRY_S)
             else:
                 raise ModelUnavailableError(
-                    f"no room could be made within {self.wait_s:.0f} s: "
-                    f"{result.reason}",
+                    f"no room could be made within {wait_s:.0f} s: {result.reason}",
                     retry_after_s=5.0,
                 )
 
@@ -284,7 +288,7 @@ class Placement:
         if idle + booting >= count:
             # Replacements of dead processes are on their way: wait for
             # them rather than evict a bystander.
-            return _Shortage(f"{reason}, {booting} booting")
+            return _Shortage(f"{reason}, {booting} booting", booting=True)
         return _Shortage(
             reason,
             victims=frozenset({ModelState.READY, ModelState.PARKED, ModelState.FAILED}),

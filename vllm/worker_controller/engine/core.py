@@ -28,6 +28,7 @@ from vllm.v1.serial_utils import MsgpackEncoder
 from vllm.worker_controller.executor.remote_executor import (
     RemoteExecutor,
     WorkerLease,
+    close_message_queue,
 )
 from vllm.worker_controller.process import ControlServer, PooledProcessHandler
 from vllm.worker_controller.worker.model_runner import release_memory
@@ -111,6 +112,8 @@ class EngineHost(PooledProcessHandler):
         The writer must own the queue, and the workers need its handle
         before the engine exists, so it is made ahead of the engine.
         """
+        if self._broadcast_mq is not None:  # a load that failed before start
+            close_message_queue(self._broadcast_mq)
         self._broadcast_mq = MessageQueue(
             world_size,
             world_size,
@@ -144,7 +147,7 @@ class EngineHost(PooledProcessHandler):
             )
         except BaseException:
             RemoteExecutor.pending_lease = None
-            lease.broadcast_mq.shutdown()
+            close_message_queue(lease.broadcast_mq)
             self.state = "idle"
             raise
         threads = [t for t in threading.enumerate() if t not in before]

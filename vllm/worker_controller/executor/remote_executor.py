@@ -33,6 +33,20 @@ _PHASES = {
 }
 
 
+def close_message_queue(mq: MessageQueue) -> None:
+    """Shuts a ``MessageQueue`` and closes its ZMQ sockets at once.
+
+    Upstream's ``shutdown`` only wakes readers; its sockets close when the
+    queue is garbage-collected, with ZMQ's default infinite linger, so a
+    message a departed peer never took blocks that collection (and the
+    thread that happened to trigger it) forever.
+    """
+    mq.shutdown()
+    for sock in (mq.local_socket, mq.remote_socket):
+        if sock is not None:
+            sock.close(linger=0)
+
+
 @dataclass
 class WorkerLease:
     """What an engine host knows about the workers leased to its engine."""
@@ -126,6 +140,5 @@ class RemoteExecutor(MultiprocExecutor):
         self.shutting_down = True
         os.write(self._stop_writer, b"x")
         os.close(self._stop_writer)
-        for mq in self.response_mqs:
-            mq.shutdown()
-        self.rpc_broadcast_mq.shutdown()
+        for mq in (*self.response_mqs, self.rpc_broadcast_mq):
+            close_message_queue(mq)

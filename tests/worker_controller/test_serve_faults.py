@@ -1,0 +1,261 @@
+# SPDX-License-Identifier: Apache-2.0
+"""One real server, in this order: (7c) the bad-input table, every case a
+4xx with the OpenAI error shape that leaves the models serving; (7b) a
+pooled worker and then an engine host SIGKILLed while requests stream to
+their model: answers within 5 s, automatic reload on the next request, the
+other model untouched, the pool whole again; (7e) SIGTERM with streams in
+flight: drained or ended with an error event, exit 0, no process left."""
+
+import asyncio
+import os
+import signal
+import time
+
+import httpx
+import psutil
+import pytest
+
+from tests.worker_controller.http_load import PROMPT, completion, summary
+from tests.worker_controller.models import hf_greedy
+from tests.worker_controller.test_serve import start_server
+
+ADMIN = "admin-faults"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models):
+    root = tiny_models["llama"].parent
+    proc, url = start_server(
+        str(tiny_models["qwen3"]),
+        str(tiny_models["opt"]),
+        "--num-workers=2",
+        f"--allowed-model-dir={root}",
+        f"--admin-token={ADMIN}",
+        "--max-request-body-mb=1",
+    )
+    yield proc, url
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(30)
+
+
+def models(url: str) -> dict[str, dict]:
+    r = httpx.get(f"{url}/v1/controller/models", headers=ADMIN_HEADERS)
+    return {m["name"]: m for m in r.json()}
+
+
+def assert_openai_error(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    error = r.json()["error"]
+    assert {"message", "type", "code"} <= set(error), error
+    assert error["code"] == status
+    return error
+
+
+def huge_body():
+    yield b'{"model": "qwen3", "prompt": "'
+    for _ in range(40):
+        yield b"x" * 65536
+    yield b'"}'
+
+
+BAD_INPUT = [
+    # (name, request kwargs, status, error type or None)
+    ("long name", {"json": {"model": "m" * 10_000, "prompt": "x"}}, 404, None),
+    ("model list", {"json": {"model": [], "prompt": "x"}}, 400, "BadRequestError"),
+    ("model dict", {"json": {"model": {}, "prompt": "x"}}, 400, "BadRequestError"),
+    ("model int", {"json": {"model": 1, "prompt": "x"}}, 400, "BadRequestError"),
+    ("no model", {"json": {"prompt": "x"}}, 400, "BadRequestError"),
+    ("array body", {"json": [1, 2]}, 400, "BadRequestError"),
+    ("not json", {"content": b"{nope"}, 400, "BadRequestError"),
+    ("nul in name", {"json": {"model": "a\0b", "prompt": "x"}}, 404, None),
+    ("path name", {"json": {"model": "../../etc", "prompt": "x"}}, 404, None),
+    ("unknown model", {"json": {"model": "nope", "prompt": "x"}}, 404, None),
+    (
+        "too large, announced",
+        {"content": b"x" * (2 << 20)},
+        413,
+        "RequestEntityTooLargeError",
+    ),
+    ("too large, chunked", {"content": huge_body()}, 413, None),
+    (
+        "huge prompt",
+        {"json": {"model": "qwen3", "prompt": "hello " * 20_000}},
+        400,
+        "BadRequestError",
+    ),
+    (
+        "bad param",
+        {"json": {"model": "qwen3", "prompt": "x", "max_tokens": -1}},
+        400,
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "case, kwargs, status, kind", BAD_INPUT, ids=[c[0] for c in BAD_INPUT]
+)
+def test_bad_input(server, case, kwargs, status, kind):
+    _, url = server
+    before = models(url)
+    r = httpx.post(f"{url}/v1/completions", timeout=60, **kwargs)
+    error = assert_openai_error(r, status)
+    if kind is not None:
+        assert error["type"] == kind, error
+    assert models(url) == before  # nothing loaded, evicted or failed
+
+
+@pytest.mark.parametrize(
+    "method, path, status",
+    [
+        ("GET", "/nope", 404),
+        ("POST", "/v1/nope", 404),
+        ("GET", "/v1/completions", 405),
+        ("DELETE", "/v1/chat/completions", 405),
+        ("POST", "/v1/models", 405),
+        ("POST", "/health", 405),
+        ("GET", "/v1/controller/nope", 404),
+    ],
+)
+def test_unknown_routes_and_methods(server, method, path, status):
+    _, url = server
+    r = httpx.request(method, f"{url}{path}", headers=ADMIN_HEADERS)
+    assert_openai_error(r, status)
+
+
+def test_disconnect_mid_stream_leaves_model_serving(server, tiny_models):
+    _, url = server
+    body = {"model": "qwen3", "prompt": PROMPT, "max_tokens": 200, "stream": True}
+    for _ in range(3):
+        with httpx.stream("POST", f"{url}/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            next(r.iter_lines())  # one event, then hang up
+    out = httpx.post(
+        f"{url}/v1/completions",
+        json={
+            "model": "qwen3",
+            "prompt": PROMPT,
+            "max_tokens": 8,
+            "temperature": 0,
+            "ignore_eos": True,
+            "return_token_ids": True,
+        },
+    ).json()
+    assert out["choices"][0]["token_ids"] == hf_greedy(tiny_models["qwen3"], PROMPT, 8)
+
+
+async def kill_under_load(url: str, victim_pid: int) -> dict:
+    """Streams to qwen3 (and asks opt alongside), SIGKILLs ``victim_pid``
+    once tokens flow; returns the outcomes and how fast they came."""
+    async with httpx.AsyncClient(base_url=url, timeout=None) as client:
+        first = asyncio.Event()
+        doomed = [
+            asyncio.create_task(
+                completion(client, "qwen3", i % 2 == 0, 200, on_first_chunk=first)
+            )
+            for i in range(6)
+        ]
+        bystander_stop = asyncio.Event()
+
+        async def bystander() -> list:
+            outcomes = []
+            while not bystander_stop.is_set():
+                outcomes.append(await completion(client, "opt", False, 4))
+            return outcomes
+
+        side = asyncio.create_task(bystander())
+        await asyncio.wait_for(first.wait(), 60)
+        killed_at = time.monotonic()
+        os.kill(victim_pid, signal.SIGKILL)
+        outcomes = await asyncio.wait_for(asyncio.gather(*doomed), 60)
+        answered_s = max(o.ended for o in outcomes) - killed_at
+        while True:  # the model's state says why it stopped
+            listed = await client.get("/v1/controller/models", headers=ADMIN_HEADERS)
+            state = {m["name"]: m for m in listed.json()}["qwen3"]
+            if state["state"] == "failed" or time.monotonic() - killed_at > 10:
+                break
+            await asyncio.sleep(0.1)
+        while (reload := await completion(client, "qwen3", False, 8)).status == 503:
+            assert time.monotonic() - killed_at < 180, reload.error_message
+            await asyncio.sleep(float(reload.retry_after or 1))
+        reload_s = time.monotonic() - killed_at
+        bystander_stop.set()
+        return {
+            "outcomes": outcomes,
+            "answered_s": answered_s,
+            "reload": reload,
+            "reload_s": reload_s,
+            "bystander": await side,
+            "state": state,
+        }
+
+
+@pytest.mark.parametrize("victim", ["worker", "engine_host"])
+def test_killed_process_under_load(server, tiny_models, victim, capsys):
+    _, url = server
+    model = models(url)["qwen3"]
+    pid = model["worker_pids"][0] if victim == "worker" else model["engine_host_pid"]
+    result = asyncio.run(kill_under_load(url, pid))
+    outcomes = result["outcomes"]
+    with capsys.disabled():
+        print(
+            f"\nkill {victim}: in-flight {summary(outcomes)} answered in "
+            f"{result['answered_s']:.2f} s; reload answered "
+            f"{result['reload'].status} at {result['reload_s']:.1f} s; "
+            f"bystander {summary(result['bystander'])}"
+        )
+    for o in outcomes:
+        assert o.transport_error is None, o.transport_error
+        if o.stream and o.status == 200:
+            # Started before the kill: an error event, then [DONE].
+            assert o.error_type is not None and o.stream_done, o
+        else:
+            assert o.status == 503 and o.retry_after, (o.status, o.error_message)
+    assert result["answered_s"] < 5
+    assert result["state"]["state"] == "failed", result["state"]
+    assert f"(pid {pid}) died: SIGKILL" in result["state"]["error"], result["state"]
+    reload = result["reload"]
+    assert reload.status == 200, (reload.status, reload.error_message)
+    assert reload.token_ids == hf_greedy(tiny_models["qwen3"], PROMPT, 8)
+    assert all(o.status == 200 for o in result["bystander"]), summary(
+        result["bystander"]
+    )
+    deadline = time.monotonic() + 120
+    while True:  # the dead process is replaced: the pool is whole again
+        workers = httpx.get(
+            f"{url}/v1/controller/workers", headers=ADMIN_HEADERS, timeout=30
+        ).json()
+        if all(w["state"] in ("idle", "leased") for w in workers):
+            break
+        assert time.monotonic() < deadline, workers
+        time.sleep(1)
+    assert pid not in {w["pid"] for w in workers}
+    assert models(url)["qwen3"]["state"] == "ready"
+
+
+def test_sigterm_with_streams_in_flight(server):
+    proc, url = server
+    children = psutil.Process(proc.pid).children(recursive=True)
+
+    async def streams_then_sigterm() -> list:
+        async with httpx.AsyncClient(base_url=url, timeout=None) as client:
+            first = asyncio.Event()
+            tasks = [
+                asyncio.create_task(
+                    completion(client, "opt", True, 60, on_first_chunk=first)
+                )
+                for _ in range(3)
+            ]
+            await asyncio.wait_for(first.wait(), 60)
+            os.kill(proc.pid, signal.SIGTERM)
+            return await asyncio.wait_for(asyncio.gather(*tasks), 60)
+
+    outcomes = asyncio.run(streams_then_sigterm())
+    for o in outcomes:
+        assert o.transport_error is None and o.status == 200, o
+        assert o.stream_done, o  # drained, or an error event then [DONE]
+    assert proc.wait(timeout=90) == 0
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, alive
