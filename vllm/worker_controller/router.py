@@ -289,6 +289,11 @@ class ModelRouter:
             return
         client.output_processor.propagate_error(ModelStoppedError(message))
 
+    def end_all_requests(self, why: str) -> None:
+        """Fails every model's in-flight requests (a drain's deadline)."""
+        for name in list(self._served):
+            self.end_requests(name, f"The request to `{name}` ended: {why}")
+
     async def _evict(self, name: str, unload: bool) -> None:
         """Parks an idle model if that is enough and allowed, else unloads."""
         self.metrics.evictions.inc()

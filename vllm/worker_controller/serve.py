@@ -56,7 +56,9 @@ from vllm.worker_controller.errors import WorkerControllerError
 from vllm.worker_controller.management import build_management_app
 from vllm.worker_controller.router import CatalogEntry, ModelRouter
 
-logger = init_logger(__name__)
+# Not __name__: under `python -m` that is "__main__", which is outside
+# vLLM's logging configuration, so every line here would be dropped.
+logger = init_logger("vllm.worker_controller.serve")
 
 # How long SIGTERM waits for in-flight requests before unloading.
 _DRAIN_S = 30
@@ -80,9 +82,26 @@ _TLS_FLAGS = ("ssl_keyfile", "ssl_ca_certs", "ssl_cert_reqs", "ssl_ciphers")
 
 
 class _Server(uvicorn.Server):
-    """uvicorn re-raises a captured SIGTERM/SIGINT once it has stopped, which
-    would end the process before the pool is unloaded; the caller's
-    ``finally`` does that instead, then exits normally."""
+    """uvicorn with two changes for a drain. It re-raises a captured
+    SIGTERM/SIGINT once it has stopped, which would end the process before
+    the pool is unloaded; the caller's ``finally`` does that instead, then
+    exits normally. And streams still running just before the drain
+    deadline end with an error event instead of a cut connection."""
+
+    def __init__(self, config: uvicorn.Config, router: ModelRouter):
+        super().__init__(config)
+        self.router = router
+
+    async def shutdown(self, sockets: list | None = None) -> None:
+        timer = asyncio.get_running_loop().call_later(
+            max(0.0, _DRAIN_S - 2.0),
+            self.router.end_all_requests,
+            "the server is shutting down",
+        )
+        try:
+            await super().shutdown(sockets)
+        finally:
+            timer.cancel()
 
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -370,7 +389,7 @@ async def serve(
             timeout_graceful_shutdown=_DRAIN_S,
             **server_kwargs,
         )
-        await _Server(config).serve()
+        await _Server(config, router).serve()
         expiry.cancel()
         stats.cancel()
     finally:

@@ -28,8 +28,8 @@ from vllm.v1.serial_utils import MsgpackEncoder
 from vllm.worker_controller.executor.remote_executor import (
     RemoteExecutor,
     WorkerLease,
-    close_message_queue,
 )
+from vllm.worker_controller.message_queues import close_message_queue
 from vllm.worker_controller.process import ControlServer, PooledProcessHandler
 from vllm.worker_controller.worker.model_runner import release_memory
 
@@ -147,7 +147,7 @@ class EngineHost(PooledProcessHandler):
             )
         except BaseException:
             RemoteExecutor.pending_lease = None
-            close_message_queue(lease.broadcast_mq)
+            lease.close()
             self.state = "idle"
             raise
         threads = [t for t in threading.enumerate() if t not in before]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from vllm.distributed.device_communicators.shm_broadcast import Handle, MessageQueue
 from vllm.logger import init_logger
 from vllm.v1.executor.multiproc_executor import FutureWrapper, MultiprocExecutor
+from vllm.worker_controller.message_queues import close_message_queue
 
 logger = init_logger(__name__)
 
@@ -33,20 +34,6 @@ _PHASES = {
 }
 
 
-def close_message_queue(mq: MessageQueue) -> None:
-    """Shuts a ``MessageQueue`` and closes its ZMQ sockets at once.
-
-    Upstream's ``shutdown`` only wakes readers; its sockets close when the
-    queue is garbage-collected, with ZMQ's default infinite linger, so a
-    message a departed peer never took blocks that collection (and the
-    thread that happened to trigger it) forever.
-    """
-    mq.shutdown()
-    for sock in (mq.local_socket, mq.remote_socket):
-        if sock is not None:
-            sock.close(linger=0)
-
-
 @dataclass
 class WorkerLease:
     """What an engine host knows about the workers leased to its engine."""
@@ -55,6 +42,13 @@ class WorkerLease:
     response_handles: list[Handle]
     worker_pids: list[int]
     phases_s: dict[str, float] = field(default_factory=dict)
+    response_mqs: list[MessageQueue] = field(default_factory=list)
+    """The executor's readers of the workers' answers, once it made them."""
+
+    def close(self) -> None:
+        """Closes every queue of the lease (after a failed engine start)."""
+        for mq in (*self.response_mqs, self.broadcast_mq):
+            close_message_queue(mq)
 
 
 class RemoteExecutor(MultiprocExecutor):
@@ -78,10 +72,9 @@ class RemoteExecutor(MultiprocExecutor):
         assert len(lease.response_handles) == self.world_size
 
         self.rpc_broadcast_mq = lease.broadcast_mq
-        self.response_mqs = [
-            MessageQueue.create_from_handle(handle, 0)
-            for handle in lease.response_handles
-        ]
+        self.response_mqs = lease.response_mqs
+        for handle in lease.response_handles:
+            self.response_mqs.append(MessageQueue.create_from_handle(handle, 0))
         # Same barrier order as MultiprocExecutor / WorkerProc.
         self.rpc_broadcast_mq.wait_until_ready()
         for mq in self.response_mqs:

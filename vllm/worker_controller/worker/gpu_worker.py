@@ -32,6 +32,7 @@ from vllm.platforms import current_platform
 from vllm.v1.executor.multiproc_executor import WorkerProc
 from vllm.v1.outputs import AsyncModelRunnerOutput
 from vllm.worker_controller.config import make_dummy_vllm_config
+from vllm.worker_controller.message_queues import close_message_queue
 from vllm.worker_controller.process import ControlServer, PooledProcessHandler
 from vllm.worker_controller.worker.compile_cache import (
     key_compile_cache_by_architecture,
@@ -69,14 +70,20 @@ class PooledWorkerProc(WorkerProc):
     """
 
     def shutdown(self) -> None:
-        """Upstream's teardown, after ending the async-output thread.
+        """Upstream's teardown, after ending the async-output thread and
+        closing the queues' sockets.
 
         Upstream's thread loops forever (its process would exit); here it
-        would keep the old Worker, and its device buffers, alive.
+        would keep the old Worker, and its device buffers, alive. The
+        queues' sockets, left to the garbage collector, would block it on
+        a message that a departed engine host never took.
         """
         if (thread := getattr(self, "async_output_copy_thread", None)) is not None:
             self.async_output_queue.put(_StopOutputThread())
             thread.join(timeout=10)
+        for mq in (self.rpc_broadcast_mq, self.worker_response_mq):
+            if mq is not None:
+                close_message_queue(mq)
         super().shutdown()
 
     def wait_until_ready(self, released: threading.Event) -> None:
