@@ -134,6 +134,8 @@ class _Model:
     error: str | None = None
     death: str | None = None
     """Which pooled process of this model died, and how."""
+    engine_start: Future | None = None
+    """The host's ``start_engine`` call, while the engine builds itself."""
     weights_bytes: int = 0
     asleep: bool = False
     """Parked: its device memory is unmapped (set until unpark starts)."""
@@ -390,7 +392,7 @@ class WorkerController:
         sock = make_zmq_socket(self._zmq, handshake_address, zmq.ROUTER, bind=True)
         started: Future = Future()
         try:
-            started = record.host.channel.call_async(
+            started = record.engine_start = record.host.channel.call_async(
                 "start_engine",
                 vllm_config=record.vllm_config,
                 handshake_address=handshake_address,
@@ -717,7 +719,11 @@ class WorkerController:
                 record.death = _death_reason(p)
         if record is None or record.host is None or p is record.host:
             return  # the host's own death resolves its serve future
-        if record.host.serving is not None:
+        if record.engine_start is not None and not record.engine_start.done():
+            # The engine may be waiting for this rank (its queues' ready
+            # barrier has no timeout): the host cannot be trusted to finish.
+            self.pool.recycle(record.host, f"a rank of its engine died ({p.name})")
+        elif record.host.serving is not None:
             # The engine notices through its worker monitor and exits;
             # _on_engine_exit does the rest. Ask it to stop in any case.
             record.host.channel.call_async("stop")

@@ -538,7 +538,11 @@ class ModelRouter:
         if isinstance(name, _Invalid):
             await send_error(send, 400, name.message, "BadRequestError", "model")
             return
-        if self.controller.state(name) is None and self.resolve(name) is None:
+        if (
+            self.controller.state(name) is None
+            and name not in self._loading
+            and self.resolve(name) is None
+        ):
             await _not_found(send, name)
             return
         with self.placement.pin(name):

@@ -97,8 +97,11 @@ class EngineHost(PooledProcessHandler):
         self.state = "idle"
         self._broadcast_mq: MessageQueue | None = None
         self.engine_core: PooledEngineCoreProc | None = None
-        self._retiring: tuple[queue.Queue, list[threading.Thread]] | None = None
-        """The last engine's output queue and socket threads, until retired."""
+        self._retiring: (
+            tuple[queue.Queue, threading.Thread, list[threading.Thread]] | None
+        ) = None
+        """The last engine's output queue, output thread and the threads it
+        started, until retired."""
 
     def describe(self) -> dict[str, Any]:
         return {"baseline_bytes": 0, "device": "cpu"}
@@ -151,7 +154,8 @@ class EngineHost(PooledProcessHandler):
             self.state = "idle"
             raise
         threads = [t for t in threading.enumerate() if t not in before]
-        self._retiring = (self.engine_core.output_queue, threads)
+        core = self.engine_core
+        self._retiring = (core.output_queue, core.output_thread, threads)
         self.state = "serving"
         return lease.phases_s
 
@@ -179,7 +183,7 @@ class EngineHost(PooledProcessHandler):
         """
         if self._retiring is None:
             return True
-        output_queue, threads = self._retiring
+        output_queue, output_thread, threads = self._retiring
         self._retiring = None
         message = (
             EngineCoreRequestType.ADD.value,
@@ -200,10 +204,16 @@ class EngineHost(PooledProcessHandler):
         deadline = time.monotonic() + _RETIRE_TIMEOUT_S
         ctx = zmq.Context()
         try:
-            make_zmq_socket(ctx, output_address, zmq.PULL, bind=True, linger=0)
+            pull = make_zmq_socket(ctx, output_address, zmq.PULL, bind=True, linger=0)
+            accepted = pull.get_monitor_socket(zmq.EVENT_ACCEPTED)
             router = make_zmq_socket(ctx, input_address, zmq.ROUTER, bind=True)
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            output_queue.put_nowait(EngineCoreProc.ENGINE_CORE_DEAD)
+            # The output thread sends its last message and closes at once:
+            # its socket must have reconnected to us first, or the message
+            # waits out the socket's linger (4 s) and the thread with it.
+            if output_thread.is_alive():  # a failed engine's has ended
+                accepted.poll(_RETIRE_TIMEOUT_S * 1000)
+                output_queue.put_nowait(EngineCoreProc.ENGINE_CORE_DEAD)
             while time.monotonic() < deadline:
                 try:  # fails until the input socket has reconnected
                     router.send_multipart((_ENGINE_IDENTITY, *message), zmq.NOBLOCK)
