@@ -8,7 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -38,20 +40,23 @@ def start_server(
     *flags: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen, str]:
     """A real ``serve`` process (``env``: extra environment variables);
-    returns it and its URL once healthy."""
+    returns it and its URL once healthy. Its output goes to
+    ``$TMPDIR/wc-server-PORT.log``, for a failing test's post-mortem."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.worker_controller.serve", f"--port={port}"]
-        + TINY_FLAGS
-        + list(flags),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-    )
+    log = Path(tempfile.gettempdir()) / f"wc-server-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vllm.worker_controller.serve", f"--port={port}"]
+            + TINY_FLAGS
+            + list(flags),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while True:
-        assert proc.poll() is None, "server exited during start-up"
+        assert proc.poll() is None, f"server exited during start-up (see {log})"
         assert time.monotonic() < deadline, "server did not start"
         try:
             if httpx.get(f"{url}/health").status_code == 200:

@@ -17,6 +17,7 @@ import json
 import math
 import time
 from argparse import Namespace
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,8 @@ class CatalogEntry:
 
 @dataclass
 class _Served:
-    app: ASGIApp
+    app: Any
+    """The model's vLLM app (FastAPI)."""
     model: str
     keep_alive_s: float | None = None
 
@@ -256,21 +258,30 @@ class ModelRouter:
         await init_app_state(client, app.state, args, tasks)
 
         async def engine_error(request: Request, exc: Exception) -> Response:
-            if isinstance(exc, ModelStoppedError):
-                message = str(exc)
-            else:
-                why = self.controller.failure(name) or "its engine stopped"
-                message = (
-                    f"The model `{name}` stopped serving ({why}); it is "
-                    "reloaded on the next request"
-                )
-            return error_response(
-                503, message, "ServiceUnavailableError", retry_after_s=1
-            )
+            message = str(exc) if isinstance(exc, ModelStoppedError) else None
+            why = message or self._stopped(name) or str(exc)
+            return error_response(503, why, "ServiceUnavailableError", retry_after_s=1)
 
         app.add_exception_handler(EngineDeadError, engine_error)
         app.add_exception_handler(EngineGenerateError, engine_error)
         return app
+
+    def _stopped(self, name: str) -> str | None:
+        """Why the model's engine no longer serves (None while it does)."""
+        state = self.controller.state(name)
+        try:
+            errored = self.controller.engine_client(name).errored
+        except WorkerControllerError:
+            errored = True  # its client is closed: unloaded or released
+        if state == ModelState.READY and not errored:
+            return None
+        why = self.controller.failure(name) or (
+            f"it is {state.value}" if state else "it was unloaded"
+        )
+        return (
+            f"The model `{name}` stopped serving ({why}); it is loaded again "
+            "on the next request"
+        )
 
     async def remove(self, name: str, why: str = "was unloaded") -> None:
         """Unloads ``name``; its in-flight requests end with an error
@@ -571,8 +582,7 @@ class ModelRouter:
                     retry_after_s=5,
                 )
                 return
-            app: Any = served.app
-            match = self._match(scope, app)
+            match = self._match(scope, served.app)
             if match is not Match.FULL:
                 await send_error(
                     send,
@@ -581,7 +591,11 @@ class ModelRouter:
                     "NotFoundError",
                 )
                 return
-            await served.app(scope, _replay(body, receive), send)
+            await served.app(
+                scope,
+                _replay(body, receive),
+                _engine_stopped_as_503(send, lambda: self._stopped(name)),
+            )
 
     def _model_cards(self) -> list[dict[str, Any]]:
         states = {m["name"]: m["state"] for m in self.controller.list_models()}
@@ -637,6 +651,31 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
+
+
+def _engine_stopped_as_503(send: Send, stopped: Callable[[], str | None]) -> Send:
+    """Upstream's serving layer answers a request whose engine died with a
+    500 (its own ``try``/``except`` turns ``EngineDeadError`` into one).
+    Where the model's engine has in fact stopped, that is no server bug: the
+    answer becomes a 503 with the reason and ``Retry-After``, since the
+    model is loaded again on the next request."""
+    replaced = False
+
+    async def checked(message: dict) -> None:
+        nonlocal replaced
+        if replaced:
+            return  # the rest of upstream's 500
+        if (
+            message["type"] == "http.response.start"
+            and message["status"] == 500
+            and (why := stopped()) is not None
+        ):
+            replaced = True
+            await send_error(send, 503, why, "ServiceUnavailableError", retry_after_s=1)
+            return
+        await send(message)
+
+    return checked
 
 
 async def _not_found(send: Send, name: str) -> None:
