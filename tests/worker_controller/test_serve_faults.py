@@ -235,6 +235,58 @@ def test_killed_process_under_load(server, tiny_models, victim, capsys):
     assert models(url)["qwen3"]["state"] == "ready"
 
 
+def test_management_load_replaces_failed_model(server, tiny_models):
+    """A management load of a failed model's name replaces it (no 409)."""
+    _, url = server
+    (pid,) = models(url)["qwen3"]["worker_pids"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while models(url)["qwen3"]["state"] != "failed":
+        assert time.monotonic() < deadline, models(url)
+        time.sleep(0.2)
+    r = httpx.post(
+        f"{url}/v1/controller/models",
+        headers=ADMIN_HEADERS,
+        json={"model": str(tiny_models["qwen3"]), "name": "qwen3"},
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    assert models(url)["qwen3"]["state"] == "ready"
+    assert pid not in models(url)["qwen3"]["worker_pids"]
+
+
+def test_unload_ends_streams_with_error_event(server):
+    """A management unload with streams in flight: each ends with an error
+    event and [DONE], none is cut; the next request loads the model again."""
+    _, url = server
+
+    async def streams_then_unload() -> tuple[list, int]:
+        async with httpx.AsyncClient(base_url=url, timeout=None) as client:
+            first = asyncio.Event()
+            tasks = [
+                asyncio.create_task(
+                    completion(client, "opt", True, 230, on_first_chunk=first)
+                )
+                for _ in range(3)
+            ]
+            await asyncio.wait_for(first.wait(), 60)
+            r = await client.delete("/v1/controller/models/opt", headers=ADMIN_HEADERS)
+            return await asyncio.wait_for(asyncio.gather(*tasks), 60), r.status_code
+
+    outcomes, status = asyncio.run(streams_then_unload())
+    assert status == 200
+    for o in outcomes:
+        assert o.transport_error is None and o.status == 200, o
+        assert o.stream_done, o
+    assert any(o.error_type for o in outcomes), summary(outcomes)
+    again = httpx.post(
+        f"{url}/v1/completions",
+        json={"model": "opt", "prompt": PROMPT, "max_tokens": 4},
+        timeout=300,
+    )
+    assert again.status_code == 200, again.text
+
+
 def test_sigterm_with_streams_in_flight(server):
     proc, url = server
     children = psutil.Process(proc.pid).children(recursive=True)
