@@ -48,6 +48,27 @@
 #                  2 (two pooled workers; needs 2 GPUs), tokens against stock
 #                  TP=2; on a fresh 2 x H200 ~8 min with CYCLES=2 (first
 #                  compiles at TP=2; measured 2026-11-21), ~5 min warm
+#   rel-churn      gpu_reliability.py --scenario churn: `vllm bench serve`
+#                  (1000 prompts, concurrency 32) to rel-a while side clients
+#                  and the management API churn rel-b / rel-c (copies of the
+#                  Qwen3-0.6B shape); two servers, each ~3.5-5 min (estimate):
+#                  --max-loaded-models 1 (3 workers), then 2 workers for 3
+#                  models. If the first leaves too little of $DEADLINE_S for
+#                  the second, exit 3: call rel-churn again (it resumes);
+#                  REL_ARGS="--churn-runs max1" runs one
+#   rel-kill       gpu_reliability.py --scenario kill: SIGKILL rel-a's pooled
+#                  worker, then its engine host, while the bench streams to
+#                  it; in-flight answers, reload, rel-b's errors, pool refill
+#                                                  ~5-7 min (estimate), 1 call
+#   rel-cold3      gpu_reliability.py --scenario cold3: 200 concurrent requests
+#                  over three models not yet loaded (3 workers, one GPU,
+#                  --gpu-memory-utilization 0.25); on a fresh H200 3.9 min
+#                  (server 54 s, last answer 161 s: the three loads run one
+#                  after another, the first compiles; stop 18 s; measured
+#                  2026-12-02), ~2.5 min with a warm compile cache
+#                  (the rel-* stages need the models stage's qwen3-0.6b only:
+#                  SHAPES=qwen3-0.6b; a stage that stops at its deadline
+#                  resumes with the runs it has not done when called again)
 #   results        copy every result JSON and the logs to $OUT        ~0.1 min
 # Everything: ~40 min of device time. In ~25 min: check+models (Qwen only),
 # startup-qwen twice, parity (~20 min), then startup-llama as far as it gets.
@@ -66,7 +87,9 @@
 # (startup stages; default all six, comma-separated), SHAPES (models stage;
 # default qwen3-0.6b,llama-3.1-8b), ENGINE_ARGS (JSON of EngineArgs fields
 # for every side; default max_model_len 4096 and `vllm serve`'s H100 batch
-# defaults, see gpu_common.DEFAULT_ENGINE_ARGS).
+# defaults, see gpu_common.DEFAULT_ENGINE_ARGS; the rel-* stages' default
+# is the same plus dtype bfloat16), REL_ARGS (rel-* stages: more gpu_reliability.py flags, e.g.
+# "--churn-runs max1" or "--num-prompts 2000").
 set -uo pipefail
 [ $# -ge 1 ] || { awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' "$0"; exit 2; }
 
@@ -181,6 +204,14 @@ run_stage() {
         lifecycle tp2 --with-stock --engine-args '{"tensor_parallel_size": 2}' || rc=$?
         collect "$stage"
         ;;
+    rel-churn | rel-kill | rel-cold3)
+        # Reliability under churn / kills / a cold start of three models:
+        # every answer counted (gpu_reliability.py).
+        # shellcheck disable=SC2086  # REL_ARGS: more flags, word-split
+        bench benchmarks/gpu_reliability.py --scenario "${stage#rel-}" \
+            --park-memory-gb "$PARK_GB" ${ENGINE[@]+"${ENGINE[@]}"} ${REL_ARGS:-} || rc=$?
+        collect "$stage"
+        ;;
     results)
         collect "$stage"
         ;;
@@ -194,8 +225,14 @@ run_stage() {
             --concurrency 1,4 --input-len 64 --output-len 16 --engine-args "$tiny" || rc=$?
         collect "$stage"
         ;;
+    rel-smoke)
+        # CPU development machine only: the reliability scenarios, tiny.
+        bench benchmarks/gpu_reliability.py --smoke --scenario churn,kill,cold3 \
+            --churn-runs fewworkers || rc=$?
+        collect "$stage"
+        ;;
     *)
-        echo "unknown stage $stage (check, models, startup-qwen, startup-llama, parity, leak, drift, unpark-kv, tp2, results, smoke)" >&2
+        echo "unknown stage $stage (check, models, startup-qwen, startup-llama, parity, leak, drift, unpark-kv, tp2, rel-churn, rel-kill, rel-cold3, results, smoke, rel-smoke)" >&2
         return 2
         ;;
     esac
