@@ -241,6 +241,7 @@ class WorkerController:
             record = self._models[name] = _Model(name, model)
         start = time.perf_counter()
         try:
+            prepared_here = prepared is None
             if prepared is None:
                 prepared = self.prepare(model, name, **engine_args)
             record.vllm_config = prepared.vllm_config
@@ -265,7 +266,10 @@ class WorkerController:
             with self._lock:
                 del self._models[name]
             raise
-        record.timings_s["total"] = time.perf_counter() - start
+        # The config phase may have run before (prepare): it counts too.
+        record.timings_s["total"] = (
+            time.perf_counter() - start + (0.0 if prepared_here else prepared.config_s)
+        )
         logger.info(
             "Model %r ready in %.2f s (%s)",
             name,

@@ -236,7 +236,9 @@ class EngineHost(PooledProcessHandler):
 
 def run_engine_host(conn: Connection, index: int) -> None:
     """Entry point of an engine-host process."""
-    # The controller coordinates shutdown; a terminal's Ctrl-C must not
-    # kill pooled processes behind its back.
+    # The controller coordinates shutdown: a terminal's Ctrl-C, or a
+    # SIGTERM sent to the server's whole process group, must not kill pooled
+    # processes behind its back (they exit when the controller's pipe closes).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     ControlServer(conn, EngineHost(index)).serve_forever()

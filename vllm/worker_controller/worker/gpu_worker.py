@@ -270,9 +270,11 @@ def run_pooled_worker(conn: Connection, index: int, device_index: int | None) ->
     Imports are already done when this runs (spawn imported this module to
     find it); what is left is the device and the baseline measurement.
     """
-    # The controller coordinates shutdown; a terminal's Ctrl-C must not
-    # kill pooled processes behind its back.
+    # The controller coordinates shutdown: a terminal's Ctrl-C, or a
+    # SIGTERM sent to the server's whole process group, must not kill pooled
+    # processes behind its back (they exit when the controller's pipe closes).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     boot_config = make_dummy_vllm_config()
     with set_current_vllm_config(boot_config):
         if device_index is not None:
