@@ -129,7 +129,10 @@ def test_disconnect_mid_stream_leaves_model_serving(server, tiny_models):
     _, url = server
     body = {"model": "qwen3", "prompt": PROMPT, "max_tokens": 200, "stream": True}
     for _ in range(3):
-        with httpx.stream("POST", f"{url}/v1/completions", json=body) as r:
+        # A 2-core CI machine can take longer than httpx's 5 s default.
+        with httpx.stream(
+            "POST", f"{url}/v1/completions", json=body, timeout=60
+        ) as r:
             assert r.status_code == 200
             next(r.iter_lines())  # one event, then hang up
     out = httpx.post(
@@ -142,6 +145,7 @@ def test_disconnect_mid_stream_leaves_model_serving(server, tiny_models):
             "ignore_eos": True,
             "return_token_ids": True,
         },
+        timeout=60,
     ).json()
     assert out["choices"][0]["token_ids"] == hf_greedy(tiny_models["qwen3"], PROMPT, 8)
 
