@@ -928,13 +928,16 @@ class Reliability:
             await asyncio.sleep(0.3)
         return running
 
-    async def wait_bench(self, run: BenchRun, timeout: float) -> None:
+    async def wait_bench(self, run: BenchRun, timeout: float, server: Server) -> None:
         deadline = time.monotonic() + timeout
         while run.proc.popen.poll() is None and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         if run.proc.popen.poll() is None:
             run.timed_out = True
             log(f"bench still running after {timeout:.0f} s: stopping it (a hang?)")
+            if server.proc is not None:  # every server process logs its stacks
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(server.proc.pgid, signal.SIGUSR1)
         await asyncio.to_thread(run.proc.stop, 10)
         if run.watcher is not None:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -1164,7 +1167,7 @@ class Reliability:
                                 server, s, run, "rel-a"
                             )
                             start_churn()
-                        await self.wait_bench(run, self.left_for(budget))
+                        await self.wait_bench(run, self.left_for(budget), server)
                         p["bench"] = self.bench_result(run, args.output_len)
                         log(
                             f"churn {label} {phase}: bench completed "
@@ -1350,7 +1353,7 @@ class Reliability:
             phase["recovery"] = await self.recover(server, s, "rel-a", kill_t)
             phase["pool"] = await pool
             self.save()
-            await self.wait_bench(run, self.left_for(args.bench_timeout))
+            await self.wait_bench(run, self.left_for(args.bench_timeout), server)
             phase["bench"] = self.bench_result(run, args.kill_output_len)
             phase["bench"]["end_after_kill_s"] = round((run.end_t or 0) - kill_t, 2)
             log(

@@ -135,11 +135,12 @@ def _config(kind: str, vocab_size: int, token_ids: dict[str, int]) -> Pretrained
     raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")
 
 
-def build_model(kind: str, dest: Path) -> Path:
+def build_model(kind: str, dest: Path, seed: int = SEED) -> Path:
     """Build the tiny ``kind`` model into ``dest/kind`` once and return it.
 
-    It is built in a temporary folder and renamed into place, so an existing
-    folder is always complete.
+    Another ``seed`` gives a checkpoint of the same shape (config and
+    tokenizer) with other weights. It is built in a temporary folder and
+    renamed into place, so an existing folder is always complete.
     """
     out = dest / kind
     if out.exists():
@@ -155,7 +156,7 @@ def build_model(kind: str, dest: Path) -> Path:
             "pad_token_id": tokenizer.pad_token_id,
         }
         config = _config(kind, len(tokenizer), token_ids)
-        torch.manual_seed(SEED)
+        torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.generation_config = GenerationConfig(**token_ids)
         model.save_pretrained(tmp)

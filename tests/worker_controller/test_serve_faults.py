@@ -130,9 +130,7 @@ def test_disconnect_mid_stream_leaves_model_serving(server, tiny_models):
     body = {"model": "qwen3", "prompt": PROMPT, "max_tokens": 200, "stream": True}
     for _ in range(3):
         # A 2-core CI machine can take longer than httpx's 5 s default.
-        with httpx.stream(
-            "POST", f"{url}/v1/completions", json=body, timeout=60
-        ) as r:
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
             assert r.status_code == 200
             next(r.iter_lines())  # one event, then hang up
     out = httpx.post(

@@ -10,7 +10,10 @@ the controller is off the request path. ``unload`` reverses it and returns
 every process to the pool; a dead process fails its model fast and is
 respawned while the rest of the pool keeps serving. On GPU, ``park`` frees a
 model's device memory but keeps its processes and (in pinned host memory)
-its weights, so ``unpark`` brings it back in a fraction of a second.
+its weights, so ``unpark`` brings it back in a fraction of a second. A
+``load`` with ``swap_from`` takes over an idle engine of the same shape:
+its processes keep the compiled model, CUDA graphs and KV cache, and only
+the new checkpoint's weights are copied in.
 """
 
 import signal
@@ -62,6 +65,7 @@ from vllm.worker_controller.pool import (
     ProcessPool,
     ProcessState,
 )
+from vllm.worker_controller.worker.compile_cache import engine_shape_key
 
 logger = init_logger(__name__)
 
@@ -92,7 +96,10 @@ class LoadResult:
     """Wall time per phase: config (EngineArgs -> VllmConfig), lease,
     weights (workers: Worker, process group, model runner, weights),
     engine_init (EngineCore on the host, handshake included) with its parts
-    profile, kv_cache and compile_and_warm_up, client (AsyncLLM), total."""
+    profile, kv_cache and compile_and_warm_up, client (AsyncLLM), total;
+    a swap also has stop_previous (the engine it took over stopping)."""
+    brought_up: str = "load"
+    """``load`` (new engine) or ``swap`` (weights into a kept engine)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,9 @@ class PreparedLoad:
 
     vllm_config: VllmConfig
     config_s: float
+    engine_key: str | None = None
+    """Engines with equal keys can be swapped into each other (None: this
+    one cannot; see ``compile_cache.engine_shape_key``)."""
 
     @property
     def world_size(self) -> int:
@@ -137,6 +147,9 @@ class _Model:
     engine_start: Future | None = None
     """The host's ``start_engine`` call, while the engine builds itself."""
     weights_bytes: int = 0
+    engine_key: str | None = None
+    brought_up: str = "load"
+    """How its engine came up: ``load``, ``swap`` or ``unpark``."""
     asleep: bool = False
     """Parked: its device memory is unmapped (set until unpark starts)."""
     released: threading.Event = field(default_factory=threading.Event)
@@ -207,7 +220,9 @@ class WorkerController:
                 f"Model {name!r} needs {world_size} workers (tensor x pipeline "
                 f"parallel size); this pool has {pool_size}"
             )
-        return PreparedLoad(config, time.perf_counter() - start)
+        return PreparedLoad(
+            config, time.perf_counter() - start, engine_shape_key(config, engine_args)
+        )
 
     def load(
         self,
@@ -216,6 +231,7 @@ class WorkerController:
         *,
         prepared: PreparedLoad | None = None,
         lease: Lease | None = None,
+        swap_from: str | None = None,
         **engine_args: Any,
     ) -> LoadResult:
         """Loads ``model`` (path) as ``name``; returns when it can serve.
@@ -223,10 +239,13 @@ class WorkerController:
         ``engine_args`` are fields of vLLM's ``EngineArgs``. A caller that
         validated the load (``prepare``) passes what that returned, and one that
         reserved processes (placement) passes its ``lease``, which this
-        load then owns. On failure the pool is cleaned up before the error
-        is raised: a :class:`ModelLoadError` naming the phase, or one of
+        load then owns. With ``swap_from``, the idle model of that name,
+        whose engine has the same shape, is unloaded and its engine kept
+        for this one (a normal load on its processes if that fails). On
+        failure the pool is cleaned up before the error is raised: a
+        :class:`ModelLoadError` naming the phase, or one of
         :class:`InvalidEngineArgsError`, :class:`ModelAlreadyLoadedError`,
-        :class:`InsufficientWorkersError`.
+        :class:`InsufficientWorkersError`, :class:`ModelBusyError`.
         """
         name = name or model
         with self._lock:
@@ -245,8 +264,15 @@ class WorkerController:
             if prepared is None:
                 prepared = self.prepare(model, name, **engine_args)
             record.vllm_config = prepared.vllm_config
+            record.engine_key = prepared.engine_key
             record.timings_s["config"] = prepared.config_s
-            self._load(record, lease)
+            swap = False
+            if swap_from is not None:
+                with self._phase(record, "stop_previous"):
+                    lease = self._take_engine(swap_from, prepared.engine_key)
+                swap = lease is not None
+            record.brought_up = "swap" if swap else "load"
+            self._load(record, lease, swap)
             with self._lock:
                 # The engine may have died after its handshake: not READY.
                 assert record.host is not None and record.host.serving is not None
@@ -282,9 +308,35 @@ class WorkerController:
             worker_pids=[w.pid for w in record.workers],
             engine_host_pid=record.host.pid,
             timings_s=dict(record.timings_s),
+            brought_up=record.brought_up,
         )
 
-    def _load(self, record: _Model, lease: Lease | None) -> None:
+    def _take_engine(self, name: str, engine_key: str | None) -> Lease | None:
+        """Unloads the idle model ``name`` but keeps its engine; returns its
+        processes, whose workers hold the engine (None: they could not keep
+        it, and are back in the pool)."""
+        with self._lock:
+            record = self._get(name)
+            if (
+                record.state != ModelState.READY
+                or record.asleep
+                or engine_key is None
+                or record.engine_key != engine_key
+            ):
+                raise ModelBusyError(
+                    f"Model {name!r} ({record.state.value}) cannot be swapped out"
+                )
+            record.state = ModelState.UNLOADING
+        try:
+            lease = self._release(record, keep=True).kept
+        finally:
+            self.engine_metrics.drop(name)
+            with self._lock:
+                del self._models[name]
+        logger.info("Model %r unloaded, its engine kept for a swap", name)
+        return lease
+
+    def _load(self, record: _Model, lease: Lease | None, swap: bool = False) -> None:
         timings = record.timings_s
         config = record.vllm_config
         assert config is not None
@@ -322,6 +374,7 @@ class WorkerController:
                 config,
                 get_distributed_init_method(get_loopback_ip(), get_open_port()),
                 handle,
+                swap,
             )
             record.weights_bytes = sum(r["weights_bytes"] for r in replies)
         with self._phase(record, "engine_init"):
@@ -370,6 +423,7 @@ class WorkerController:
         except (
             InvalidEngineArgsError,
             InsufficientWorkersError,
+            ModelBusyError,
             ModelLoadError,
         ):
             raise
@@ -451,7 +505,7 @@ class WorkerController:
             record.state = ModelState.UNLOADING
         start = time.perf_counter()
         if was_serving:
-            reports = self._release(record)
+            reports = self._release(record).workers
         else:
             record.released.wait(self.settings.release_timeout_s)
             reports = []
@@ -462,13 +516,15 @@ class WorkerController:
         logger.info("Model %r unloaded in %.2f s", name, elapsed)
         return UnloadResult(name, {"total": elapsed}, reports)
 
-    def _release(self, record: _Model) -> list[dict[str, Any]]:
-        """Stops the engine (if any) and gives every process back.
+    def _release(self, record: _Model, keep: bool = False) -> "_Released":
+        """Stops the engine (if any) and gives every process back; with
+        ``keep``, its workers keep the engine and the processes stay leased
+        (the lease is returned) if every one of them could.
 
         Safe on partially loaded models; runs once per model.
         """
         if record.released.is_set():
-            return []
+            return _Released([])
         if record.asleep:
             # Upstream's CuMem allocator frees a block by unmapping it, which
             # sleep has already done: a parked model's workers cannot free
@@ -483,10 +539,33 @@ class WorkerController:
         self._close_client(record)
         if host_clean and host is not None and host.serving is not None:
             host_clean = self._retire_engine(host, record)
+        released = self.proxy.release_workers(record.workers, keep)
+        if keep:
+            if host_clean and all((r or {}).get("kept") for r in released):
+                assert host is not None
+                for p in (*record.workers, host):
+                    p.serving = None  # its next load's, once it serves
+                record.released.set()
+                return _Released([], Lease(record.workers, host))
+            # A rank stopped mid-request or failed: no swap, a full unload.
+            released = [
+                self.proxy.unload_kept(w) if (r or {}).get("kept") else r
+                for w, r in zip(record.workers, released, strict=True)
+            ]
+        reports = self._return_workers(record.workers, released)
+        if host is not None:
+            self._give_back_or_recycle(host, host_clean, "its engine did not stop")
+        record.released.set()
+        return _Released(reports)
+
+    def _return_workers(
+        self, workers: list[PooledProcess], released: list[dict[str, Any] | None]
+    ) -> list[dict[str, Any]]:
+        """Gives back each worker that returned to its boot state, recycles
+        the others; returns the per-rank reports."""
         tolerance = self.settings.memory_tolerance_bytes
         reports = []
-        released = self.proxy.release_workers(record.workers)
-        for w, report in zip(record.workers, released, strict=True):
+        for w, report in zip(workers, released, strict=True):
             if w.loading is not None and not w.loading.done():
                 # Its load never answered (timed out, or stuck waiting for
                 # a failed peer): it cannot be trusted to be idle.
@@ -515,9 +594,6 @@ class WorkerController:
                 )
             self._give_back_or_recycle(w, clean, "did not return to its boot state")
             reports.append({"pid": w.pid, "recycled": not clean, **(report or {})})
-        if host is not None:
-            self._give_back_or_recycle(host, host_clean, "its engine did not stop")
-        record.released.set()
         return reports
 
     def _retire_engine(self, host: PooledProcess, record: _Model) -> bool:
@@ -644,6 +720,8 @@ class WorkerController:
         elapsed = time.perf_counter() - start
         with self._lock:
             record.state = ModelState.READY
+            record.brought_up = "unpark"
+            record.timings_s = {"unpark": elapsed, "total": elapsed}
         logger.info("Model %r unparked in %.3f s", name, elapsed)
         return {"unpark": elapsed}
 
@@ -764,6 +842,7 @@ class WorkerController:
                     "weights_bytes": r.weights_bytes,
                     "worker_pids": [w.pid for w in r.workers],
                     "engine_host_pid": r.host.pid if r.host else None,
+                    "brought_up": r.brought_up,
                     "timings_s": dict(r.timings_s),
                     "error": r.error,
                 }
@@ -815,6 +894,15 @@ class WorkerController:
             return self._models[name]
         except KeyError:
             raise ModelNotFoundError(f"No model named {name!r} is loaded") from None
+
+
+@dataclass(frozen=True)
+class _Released:
+    """What releasing a model's processes gave: the unload reports of its
+    workers, or (when its engine was kept for a swap) their lease."""
+
+    workers: list[dict[str, Any]]
+    kept: Lease | None = None
 
 
 def _death_reason(p: PooledProcess) -> str:

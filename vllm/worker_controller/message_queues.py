@@ -1,11 +1,28 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Closing vLLM's shared-memory ``MessageQueue`` in a process that outlives it.
+"""vLLM's shared-memory ``MessageQueue`` in processes that outlive it.
 
 Upstream's processes exit after their last queue; pooled ones go on, so
-their queues must be closed, not left to the garbage collector.
+their queues must be closed, not left to the garbage collector, and a
+ready barrier whose peer never comes must end instead of blocking the
+process for good.
 """
 
+import zmq
+
 from vllm.distributed.device_communicators.shm_broadcast import MessageQueue
+
+
+def wait_until_ready(mq: MessageQueue, timeout_s: float, what: str) -> None:
+    """Upstream's ready barrier, failing with ``TimeoutError`` after
+    ``timeout_s`` (its own waits for the peer's socket have no limit)."""
+    sock = mq.local_socket
+    sock.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
+    try:
+        mq.wait_until_ready()
+    except zmq.Again:
+        raise TimeoutError(f"{what} did not attach within {timeout_s:.0f} s") from None
+    finally:
+        sock.setsockopt(zmq.RCVTIMEO, -1)
 
 
 def close_message_queue(mq: MessageQueue) -> None:

@@ -13,16 +13,18 @@ them until the load or unpark is done.
 When something is short, the least recently used idle model that frees it
 is evicted (parked where that is enough, else unloaded) and the
 reservation is tried again, for at most the wait budget. Requests pin the
-model they wait for or run on, so it is never chosen to make room. Loads
-and unparks that map memory on the same device run one at a time: vLLM's
+model they wait for or run on, so it is never chosen to make room. Loads,
+unparks, unloads and parks on the same device run one at a time: vLLM's
 memory profiler attributes what another engine allocates during its
-profile to its own engine ("No available memory for the cache blocks").
+profile to its own engine ("No available memory for the cache blocks"),
+and fails on memory another engine frees meanwhile.
 """
 
 import asyncio
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager as AsyncContextManager
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
@@ -175,10 +177,19 @@ class Placement:
         if reservation.lease is not None:
             self.pool.give_back(reservation.take_lease().processes)
 
-    @asynccontextmanager
-    async def exclusive(self, reservation: Reservation) -> AsyncIterator[None]:
+    def exclusive(self, reservation: Reservation) -> AsyncContextManager[None]:
         """One memory-mapping load or unpark at a time per device."""
-        locks = [self._device_locks[d] for d in sorted(reservation.claims)]
+        return self.devices_exclusive(reservation.claims)
+
+    @asynccontextmanager
+    async def devices_exclusive(
+        self, devices: Iterable[int | None]
+    ) -> AsyncIterator[None]:
+        """Holds the devices' locks: for a load or unpark, and also for an
+        unload or park, since memory freed during another engine's profile
+        fails it too ("Error in memory profiling ... release GPU memory")."""
+        indices = sorted({d for d in devices if d is not None})
+        locks = [self._device_locks[d] for d in indices]
         for lock in locks:
             await lock.acquire()
         try:

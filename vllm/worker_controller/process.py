@@ -9,8 +9,10 @@ thread sits inside a busy loop. Requests carry an id and every request gets
 exactly one reply, so the controller can keep several in flight.
 """
 
+import faulthandler
 import os
 import queue
+import signal
 import threading
 import traceback
 from dataclasses import dataclass
@@ -69,7 +71,12 @@ class ControlServer:
         self._main_queue: queue.Queue[ControlRequest | object] = queue.Queue()
 
     def serve_forever(self) -> None:
-        """Runs main-thread requests until the controller says ``exit``."""
+        """Runs main-thread requests until the controller says ``exit``.
+
+        SIGUSR1 makes the process print every thread's stack to its log, to
+        see where a stuck load waits.
+        """
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         threading.Thread(
             target=self._read_loop, name="WCControlReader", daemon=True
         ).start()

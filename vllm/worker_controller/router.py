@@ -288,7 +288,8 @@ class ModelRouter:
         (an SSE error event where the response has started)."""
         if self._served.pop(name, None) is not None:
             self.end_requests(name, f"The model `{name}` {why}")
-        await asyncio.to_thread(self.controller.unload, name)
+        async with self.placement.devices_exclusive(self._devices(name)):
+            await asyncio.to_thread(self.controller.unload, name)
         self.placement.forget(name)
         self.metrics.unloads.inc()
 
@@ -313,12 +314,19 @@ class ModelRouter:
         else:
             await self.remove(name, "was unloaded to make room")
 
+    def _devices(self, name: str) -> list[int | None]:
+        try:
+            return self.controller.devices(name)
+        except ModelNotFoundError:
+            return []  # the controller's own call answers for it
+
     async def park(self, name: str) -> dict:
         if pins := self.placement.pins(name):
             raise ParkingUnavailableError(
                 f"Model {name!r} has {pins} requests in flight"
             )
-        timings = await self.controller.park(name)
+        async with self.placement.devices_exclusive(self._devices(name)):
+            timings = await self.controller.park(name)
         self.metrics.parks.inc()
         return {"name": name, "state": ModelState.PARKED.value, "timings_s": timings}
 

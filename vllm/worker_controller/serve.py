@@ -14,9 +14,11 @@ refused at start instead of ignored (docs/api.md lists them all).
 import argparse
 import asyncio
 import dataclasses
+import faulthandler
 import json
 import math
 import secrets
+import signal
 from argparse import Namespace
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -415,6 +417,8 @@ def parse_cli(
 
 def main() -> None:
     args, engine_args, catalog = parse_cli()
+    # `kill -USR1` prints every thread's stack, here as in pooled processes.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # In this process too, as `vllm serve` does: each model's OpenAI app
     # looks up the parsers these plugins register.
     if args.tool_parser_plugin:

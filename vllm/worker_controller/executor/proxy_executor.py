@@ -118,8 +118,10 @@ class ProxyExecutor:
         vllm_config: "VllmConfig",
         distributed_init_method: str,
         input_shm_handle: "Handle",
+        swap: bool = False,
     ) -> list[dict[str, Any]]:
-        """Builds upstream's Worker + model runner in place on every rank.
+        """Builds upstream's Worker + model runner in place on every rank
+        (``swap``: copies the weights into the engine each rank kept).
 
         Every rank that loads starts serving (its ``serving`` future is
         set), so a caller cleaning up after a failed peer can release it.
@@ -134,6 +136,7 @@ class ProxyExecutor:
                 distributed_init_method=distributed_init_method,
                 input_shm_handle=input_shm_handle,
                 is_driver_worker=rank % tp_size == 0,
+                swap=swap,
             )
             for rank, w in enumerate(workers)
         ]
@@ -156,16 +159,22 @@ class ProxyExecutor:
         return [f.result() for f in futures]
 
     def release_workers(
-        self, workers: Sequence["PooledProcess"]
+        self, workers: Sequence["PooledProcess"], keep: bool = False
     ) -> list[dict[str, Any] | None]:
-        """Ends the workers' busy loops; returns each unload report.
+        """Ends the workers' busy loops; returns each unload report (with
+        ``keep``: each rank's word that it kept its engine, or its unload
+        report if it could not).
 
         None stands for a rank that never loaded, died, or did not answer.
         """
         for w in workers:
             if w.serving is not None and not w.channel.lost:
-                w.channel.call_async("release")
+                w.channel.call_async("release", keep=keep)
         return [self.wait(w, w.serving) for w in workers]
+
+    def unload_kept(self, p: "PooledProcess") -> dict[str, Any] | None:
+        """Tears down the engine a worker kept; its unload report."""
+        return self.wait(p, p.channel.call_async("unload_model"))
 
     def wait(self, p: "PooledProcess", future: Future | None) -> dict[str, Any] | None:
         """The result of a ``serve`` call, or None if there is none."""

@@ -22,10 +22,15 @@ from dataclasses import dataclass, field
 from vllm.distributed.device_communicators.shm_broadcast import Handle, MessageQueue
 from vllm.logger import init_logger
 from vllm.v1.executor.multiproc_executor import FutureWrapper, MultiprocExecutor
-from vllm.worker_controller.message_queues import close_message_queue
+from vllm.worker_controller.message_queues import (
+    close_message_queue,
+    wait_until_ready,
+)
 
 logger = init_logger(__name__)
 
+# How long the leased workers may take to reach the queues' ready barrier.
+_ATTACH_TIMEOUT_S = 60.0
 # RPCs whose duration is a load phase worth reporting.
 _PHASES = {
     "determine_available_memory": "profile",
@@ -75,10 +80,12 @@ class RemoteExecutor(MultiprocExecutor):
         self.response_mqs = lease.response_mqs
         for handle in lease.response_handles:
             self.response_mqs.append(MessageQueue.create_from_handle(handle, 0))
-        # Same barrier order as MultiprocExecutor / WorkerProc.
-        self.rpc_broadcast_mq.wait_until_ready()
-        for mq in self.response_mqs:
-            mq.wait_until_ready()
+        # Same barrier order as MultiprocExecutor / WorkerProc. The workers
+        # have loaded and wait there already: a rank that does not come
+        # fails the engine start, not hangs it.
+        wait_until_ready(self.rpc_broadcast_mq, _ATTACH_TIMEOUT_S, "a leased worker")
+        for rank, mq in enumerate(self.response_mqs):
+            wait_until_ready(mq, _ATTACH_TIMEOUT_S, f"rank {rank}'s response queue")
         self.futures_queue = deque[FutureWrapper]()
         self.output_rank = self._get_output_rank()
         self.start_worker_monitor()

@@ -49,6 +49,29 @@ def architecture_digest(model_config: ModelConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def engine_shape_key(vllm_config: VllmConfig, engine_args: dict) -> str | None:
+    """What two engines must share for one to be swapped into the other:
+    the architecture digest and the engine args (which, with the HF config,
+    determine every graph shape, the KV cache layout and the parallel
+    layout). None where weights cannot simply be copied into a kept model
+    (the cases this module also leaves on the path key)."""
+    model_config = vllm_config.model_config
+    if not _keyable(model_config):
+        return None
+    text = json.dumps(engine_args, sort_keys=True, default=str)
+    shape = f"{architecture_digest(model_config)}:{text}"
+    return hashlib.sha256(shape.encode()).hexdigest()
+
+
+def _keyable(model_config: ModelConfig | None) -> bool:
+    return (
+        model_config is not None
+        and type(model_config) in (ModelConfig, ArchitectureKeyedModelConfig)
+        and model_config.quantization is None
+        and not model_config.trust_remote_code
+    )
+
+
 def key_compile_cache_by_architecture(vllm_config: VllmConfig) -> bool:
     """Makes ``vllm_config``'s compile-cache key path-independent if safe.
 
@@ -56,12 +79,7 @@ def key_compile_cache_by_architecture(vllm_config: VllmConfig) -> bool:
     before the model is built, so every compile-cache lookup sees it.
     """
     model_config = vllm_config.model_config
-    if (
-        model_config is None
-        or type(model_config) is not ModelConfig
-        or model_config.quantization is not None
-        or model_config.trust_remote_code
-    ):
+    if not _keyable(model_config) or type(model_config) is not ModelConfig:
         return False
     model_config.__class__ = ArchitectureKeyedModelConfig
     return True

@@ -8,7 +8,9 @@ for the engine it is leased to: ``Worker`` + model runner, process groups,
 weights, message queues (the same code ``MultiprocExecutor`` runs in a fresh
 process). ``serve`` runs upstream's busy loop until the controller releases
 the worker; then ``unload_model`` tears everything down and checks that
-memory is back at the boot baseline.
+memory is back at the boot baseline, or, for a swap, ``keep_model`` keeps
+the engine (compiled model, CUDA graphs, KV cache) for a checkpoint of the
+same shape, whose weights ``load_model(swap=True)`` copies into it.
 """
 
 import os
@@ -29,8 +31,10 @@ from vllm.distributed.parallel_state import (
 )
 from vllm.logger import init_logger
 from vllm.platforms import current_platform
+from vllm.utils.torch_utils import set_random_seed
 from vllm.v1.executor.multiproc_executor import WorkerProc
 from vllm.v1.outputs import AsyncModelRunnerOutput
+from vllm.v1.worker.worker_base import WorkerWrapperBase
 from vllm.worker_controller.config import make_dummy_vllm_config
 from vllm.worker_controller.message_queues import close_message_queue
 from vllm.worker_controller.process import ControlServer, PooledProcessHandler
@@ -93,6 +97,55 @@ class PooledWorkerProc(WorkerProc):
             _cancellable(mq.wait_until_ready, mq.local_socket, released)
 
 
+class EngineBuildMemo:
+    """Upstream's ``WorkerWrapperBase``, remembering what building the
+    engine on it produced, so that an engine swapped onto it skips that work.
+
+    The engine host's EngineCore builds its engine through three RPCs to
+    the workers: profile (``determine_available_memory``), KV cache
+    (``initialize_from_config``) and compile / CUDA-graph capture
+    (``compile_or_warm_up_model``). The first engine on this Worker runs
+    them and they are recorded; after a swap (same architecture, same
+    engine args, weights copied into the same parameter storage) the new
+    EngineCore asks again and gets the recorded answers: the KV cache, the
+    compiled model and the captured graphs are the ones already there.
+    """
+
+    def __init__(self, wrapper: WorkerWrapperBase):
+        self.wrapper = wrapper
+        self.replay = False
+        self._available_memory: int | None = None
+        self._kv_cache_configs: list[Any] | None = None
+        self._compilation_times: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapper, name)
+
+    def determine_available_memory(self) -> int:
+        if not self.replay or self._available_memory is None:
+            self._available_memory = self.wrapper.determine_available_memory()
+        return self._available_memory
+
+    def initialize_from_config(self, kv_cache_configs: list[Any]) -> None:
+        if not self.replay:
+            self.wrapper.initialize_from_config(kv_cache_configs)
+            self._kv_cache_configs = kv_cache_configs
+        elif kv_cache_configs != self._kv_cache_configs:
+            raise RuntimeError(
+                "The swapped-in engine's KV cache layout differs from the kept one"
+            )
+
+    def compile_or_warm_up_model(self) -> Any:
+        if not self.replay or self._compilation_times is None:
+            self._compilation_times = self.wrapper.compile_or_warm_up_model()
+        else:
+            # Upstream's warm-up ends by re-seeding; a swapped-in engine
+            # must start from the same random state as a fresh one.
+            worker = self.wrapper.worker
+            set_random_seed(worker.model_config.seed)
+        return self._compilation_times
+
+
 class _StopOutputThread(AsyncModelRunnerOutput):
     """Queued last; upstream's loop catches ``Exception`` from
     ``get_output``, so ``SystemExit`` ends the thread (quietly)."""
@@ -127,6 +180,8 @@ class PooledWorker(PooledProcessHandler):
         self.proc: PooledWorkerProc | None = None
         self.state = "idle"
         self._released = threading.Event()
+        self._keep = False
+        """Whether the lease being released keeps its engine for a swap."""
         self.loads = 0
 
     def describe(self) -> dict[str, Any]:
@@ -151,12 +206,20 @@ class PooledWorker(PooledProcessHandler):
         distributed_init_method: str,
         input_shm_handle: Handle,
         is_driver_worker: bool,
+        swap: bool = False,
     ) -> dict[str, Any]:
-        """Builds Worker + runner, joins the engine's group, loads weights."""
-        assert self.proc is None, "worker is already loaded"
+        """Builds Worker + runner, joins the engine's group, loads weights;
+        with ``swap``, copies the weights into the kept engine instead."""
         self._released.clear()
+        self._keep = False
         self.state = "loading"
         start = time.perf_counter()
+        if swap:
+            self._swap_weights(vllm_config, input_shm_handle)
+            return self._loaded(start)
+        if self.proc is not None:  # kept for a swap that did not happen
+            self.unload_model()
+            self.state = "loading"
         # A pool loads many checkpoints of few architectures: let them share
         # one compiled artifact (see compile_cache).
         key_compile_cache_by_architecture(vllm_config)
@@ -173,11 +236,38 @@ class PooledWorker(PooledProcessHandler):
         except BaseException:
             self.unload_model()
             raise
+        self.proc.worker = EngineBuildMemo(self.proc.worker)
+        return self._loaded(start)
+
+    def _swap_weights(self, vllm_config: VllmConfig, input_shm_handle: Handle) -> None:
+        """Loads the new checkpoint into the kept model's parameters, in
+        place (upstream's ``reload_weights``: layerwise, so processed and
+        tied weights end up where the captured graphs read them), and
+        attaches to the new engine's queues."""
+        proc = self.proc
+        if proc is None or not isinstance(proc.worker, EngineBuildMemo):
+            raise RuntimeError("no kept engine to swap weights into")
+        memo = proc.worker
+        worker = memo.wrapper.worker
+        try:
+            with set_current_vllm_config(worker.vllm_config):
+                worker.reload_weights(weights_path=vllm_config.model_config.model)
+            worker.model_config.served_model_name = (
+                vllm_config.model_config.served_model_name
+            )
+            proc._init_message_queues(input_shm_handle, vllm_config)
+        except BaseException:
+            self.unload_model()
+            raise
+        memo.replay = True
+
+    def _loaded(self, start: float) -> dict[str, Any]:
+        assert self.proc is not None
         self.loads += 1
         if os.environ.get("VLLM_WC_DEBUG_LEAKS") == "1":
             logger.info("After load_model: %s", cumem_pool_report())
         assert self.proc.worker_response_mq is not None
-        runner = self.proc.worker.worker.model_runner
+        runner = self.proc.worker.wrapper.worker.model_runner
         return {
             "response_handle": self.proc.worker_response_mq.export_handle(),
             "load_s": time.perf_counter() - start,
@@ -200,14 +290,39 @@ class PooledWorker(PooledProcessHandler):
             # A released broadcast queue raises RuntimeError("cancelled").
             if not self._released.is_set():
                 logger.error("Worker busy loop ended unexpectedly: %s", e)
+        if self._keep and self._engine_idle():
+            return self.keep_model()
         return self.unload_model()
 
-    def release(self) -> None:
-        """Ends the busy loop (or the ready barrier) of the current lease."""
+    def release(self, keep: bool = False) -> None:
+        """Ends the busy loop (or the ready barrier) of the current lease;
+        ``keep``: keep the engine for a swap instead of unloading."""
+        self._keep = keep
         self._released.set()
         proc = self.proc
         if proc is not None and proc.rpc_broadcast_mq is not None:
             proc.rpc_broadcast_mq.shutdown()
+
+    def _engine_idle(self) -> bool:
+        """Whether the runner holds no request state (the engine stopped
+        idle), so that a next engine can start on it as on a fresh one."""
+        proc = self.proc
+        if proc is None or not isinstance(proc.worker, EngineBuildMemo):
+            return False
+        return not proc.worker.wrapper.worker.model_runner.requests
+
+    def keep_model(self) -> dict[str, Any]:
+        """Detaches from the stopped engine's queues, keeping the Worker,
+        its model, KV cache and graphs for the next checkpoint."""
+        proc = self.proc
+        assert proc is not None
+        for mq in (proc.rpc_broadcast_mq, proc.worker_response_mq):
+            if mq is not None:
+                close_message_queue(mq)
+        proc.rpc_broadcast_mq = proc.worker_response_mq = None
+        self.state = "kept"
+        logger.info("Worker %d keeps its engine for a swap", self.index)
+        return {"kept": True, "memory_bytes": memory_in_use()}
 
     def _log_driver_memory(self, when: str) -> None:
         used = driver_memory_in_use(self.device_index)
@@ -223,6 +338,8 @@ class PooledWorker(PooledProcessHandler):
         probes: dict[str, weakref.ref] = {}
         debug = os.environ.get("VLLM_WC_DEBUG_LEAKS") == "1"
         if proc is not None:
+            if isinstance(proc.worker, EngineBuildMemo):
+                proc.worker = proc.worker.wrapper
             worker = getattr(proc.worker, "worker", None)
             probes = leak_probes(worker)
             release_compiled_model(worker)

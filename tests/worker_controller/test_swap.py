@@ -1,0 +1,70 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Swaps: a checkpoint of the same shape takes over an idle model's engine
+(same processes, compiled model, KV cache); only its weights are loaded.
+
+The checkpoints share config and tokenizer but not weights (another seed),
+so equal tokens prove the new weights are the ones that run."""
+
+import pytest
+
+from tests.worker_controller.conftest import TINY_ARGS
+from tests.worker_controller.models import SEED, build_model, hf_greedy
+from vllm.worker_controller.errors import ModelBusyError
+
+PROMPT = "The quick brown fox"
+SWAPS = 20
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_models, tmp_path_factory) -> dict[str, str]:
+    other = build_model("qwen3", tmp_path_factory.mktemp("seed2"), seed=SEED + 1)
+    return {"a": str(tiny_models["qwen3"]), "b": str(other)}
+
+
+def worker_rss(controller, pid: int) -> int:
+    (worker,) = [w for w in controller.list_workers(with_health=True) if w["pid"] == pid]
+    return worker["health"]["memory_bytes"]
+
+
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "compiled"])
+def test_swap_back_and_forth(controller, tiny_models, checkpoints, greedy, eager):
+    args = {**TINY_ARGS, "enforce_eager": eager}
+    expected = {k: hf_greedy(path, PROMPT, 12) for k, path in checkpoints.items()}
+    assert expected["a"] != expected["b"]
+    controller.load(str(tiny_models["opt"]), "bystander", **TINY_ARGS)
+    bystander = greedy("bystander", PROMPT)
+    first = controller.load(checkpoints["a"], "a", **args)
+    assert first.brought_up == "load"
+    assert greedy("a", PROMPT, 12) == expected["a"]
+    current, rss = "a", []
+    for i in range(SWAPS if eager else 4):
+        target = "b" if current == "a" else "a"
+        swapped = controller.load(checkpoints[target], target, swap_from=current, **args)
+        assert swapped.brought_up == "swap", swapped
+        assert swapped.worker_pids == first.worker_pids
+        assert swapped.engine_host_pid == first.engine_host_pid
+        assert "stop_previous" in swapped.timings_s
+        listed = {m["name"]: m for m in controller.list_models()}
+        assert current not in listed and listed[target]["brought_up"] == "swap"
+        assert greedy(target, PROMPT, 12) == expected[target], (i, target)
+        rss.append(worker_rss(controller, first.worker_pids[0]))
+        current = target
+    # The kept engine does not grow: no KV cache, graph or weights per swap.
+    assert max(rss[2:]) - rss[1] < 64 << 20, [r >> 20 for r in rss]
+    assert greedy("bystander", PROMPT) == bystander
+    controller.unload(current)
+    controller.unload("bystander")
+
+
+def test_swap_needs_the_same_engine_shape(controller, checkpoints, greedy):
+    """Other engine args shape another engine: refused before anything is
+    stopped; the idle model keeps serving."""
+    controller.load(checkpoints["a"], "a", **TINY_ARGS)
+    before = greedy("a", PROMPT)
+    with pytest.raises(ModelBusyError):
+        controller.load(
+            checkpoints["b"], "b", swap_from="a", **{**TINY_ARGS, "max_num_seqs": 2}
+        )
+    assert [m["name"] for m in controller.list_models()] == ["a"]
+    assert greedy("a", PROMPT) == before
+    controller.unload("a")
