@@ -22,7 +22,8 @@ def checkpoints(tiny_models, tmp_path_factory) -> dict[str, str]:
 
 
 def worker_rss(controller, pid: int) -> int:
-    (worker,) = [w for w in controller.list_workers(with_health=True) if w["pid"] == pid]
+    workers = controller.list_workers(with_health=True)
+    (worker,) = [w for w in workers if w["pid"] == pid]
     return worker["health"]["memory_bytes"]
 
 
@@ -39,7 +40,8 @@ def test_swap_back_and_forth(controller, tiny_models, checkpoints, greedy, eager
     current, rss = "a", []
     for i in range(SWAPS if eager else 4):
         target = "b" if current == "a" else "a"
-        swapped = controller.load(checkpoints[target], target, swap_from=current, **args)
+        path = checkpoints[target]
+        swapped = controller.load(path, target, swap_from=current, **args)
         assert swapped.brought_up == "swap", swapped
         assert swapped.worker_pids == first.worker_pids
         assert swapped.engine_host_pid == first.engine_host_pid
