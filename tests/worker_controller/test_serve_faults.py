@@ -9,7 +9,9 @@ flight: drained or ended with an error event, exit 0, no process left."""
 import asyncio
 import os
 import signal
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -235,6 +237,11 @@ def test_killed_process_under_load(server, tiny_models, victim, capsys):
         time.sleep(1)
     assert pid not in {w["pid"] for w in workers}
     assert models(url)["qwen3"]["state"] == "ready"
+    # An error that escapes the app drops its keep-alive connection: the
+    # next request a pooling client sends on it meets a reset.
+    port = url.rsplit(":", 1)[1]
+    log = (Path(tempfile.gettempdir()) / f"wc-server-{port}.log").read_text()
+    assert "Exception in ASGI application" not in log
 
 
 def test_management_load_replaces_failed_model(server, tiny_models):

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.worker_controller.models import hf_greedy
+from tests.worker_controller.models import SEED, build_model, hf_greedy
 from tests.worker_controller.test_serve import greedy_completion, start_server
 
 PROMPT = "The quick brown fox"
@@ -24,6 +24,10 @@ def bearer(token: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def server(tiny_models, tmp_path_factory):
     root = tiny_models["llama"].parent  # holds qwen3/, opt/, llama/
+    same_shape = root / "qwen3-b"  # qwen3's shape, other weights: swaps
+    if not same_shape.exists():
+        built = build_model("qwen3", tmp_path_factory.mktemp("seed2"), seed=SEED + 1)
+        shutil.copytree(built, same_shape)
     broken = root / "broken"  # a checkpoint whose architecture vLLM lacks
     if not broken.exists():
         shutil.copytree(tiny_models["llama"], broken)
@@ -63,6 +67,7 @@ def test_api_key_required(server):
         "opt": "available",
         "tiny-qwen": "available",
         "broken": "available",
+        "qwen3-b": "available",
     }
 
 
@@ -74,6 +79,27 @@ def test_load_on_demand_with_lru_eviction(server, tiny_models):
         cards = client.models.list().data
         loaded = [m.id for m in cards if getattr(m, "state", None) == "ready"]
         assert loaded == [kind]  # --max-loaded-models 1: the other was evicted
+
+
+def test_same_shape_checkpoints_swap(server, tiny_models):
+    """Under --max-loaded-models 1, a checkpoint of the loaded model's shape
+    takes its engine over: same processes, the new weights' tokens."""
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY)
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    paths = {"qwen3": tiny_models["qwen3"], "qwen3-b": tiny_models["qwen3"].parent}
+    paths["qwen3-b"] = paths["qwen3-b"] / "qwen3-b"
+    pids = None
+    for i, name in enumerate(("qwen3", "qwen3-b", "qwen3", "qwen3-b")):
+        out = greedy_completion(client, name, 8)
+        assert out.choices[0].token_ids == hf_greedy(paths[name], PROMPT, 8), name
+        (model,) = httpx.get(f"{server}/v1/controller/models", headers=admin).json()
+        assert model["name"] == name
+        if i > 0:  # the first replaces llama, of another shape
+            assert model["brought_up"] == "swap", model
+            assert (model["worker_pids"], model["engine_host_pid"]) == pids
+        pids = (model["worker_pids"], model["engine_host_pid"])
+    metrics = httpx.get(f"{server}/metrics", headers=admin).text
+    assert "vllm_wc_swaps_total 3.0" in metrics
 
 
 def test_management_api(server, tiny_models):

@@ -54,6 +54,7 @@ from vllm.worker_controller.errors import (
     ModelNotFoundError,
     ParkingUnavailableError,
     PoolTooSmallError,
+    SwapUnavailableError,
     WorkerControllerError,
 )
 from vllm.worker_controller.executor.proxy_executor import ProxyExecutor
@@ -241,7 +242,7 @@ class WorkerController:
         reserved processes (placement) passes its ``lease``, which this
         load then owns. With ``swap_from``, the idle model of that name,
         whose engine has the same shape, is unloaded and its engine kept
-        for this one (a normal load on its processes if that fails). On
+        for this one (:class:`SwapUnavailableError` if it cannot be). On
         failure the pool is cleaned up before the error is raised: a
         :class:`ModelLoadError` naming the phase, or one of
         :class:`InvalidEngineArgsError`, :class:`ModelAlreadyLoadedError`,
@@ -266,11 +267,10 @@ class WorkerController:
             record.vllm_config = prepared.vllm_config
             record.engine_key = prepared.engine_key
             record.timings_s["config"] = prepared.config_s
-            swap = False
+            swap = swap_from is not None
             if swap_from is not None:
                 with self._phase(record, "stop_previous"):
                     lease = self._take_engine(swap_from, prepared.engine_key)
-                swap = lease is not None
             record.brought_up = "swap" if swap else "load"
             self._load(record, lease, swap)
             with self._lock:
@@ -311,10 +311,11 @@ class WorkerController:
             brought_up=record.brought_up,
         )
 
-    def _take_engine(self, name: str, engine_key: str | None) -> Lease | None:
+    def _take_engine(self, name: str, engine_key: str | None) -> Lease:
         """Unloads the idle model ``name`` but keeps its engine; returns its
-        processes, whose workers hold the engine (None: they could not keep
-        it, and are back in the pool)."""
+        processes, whose workers hold the engine. ``SwapUnavailableError``
+        if it is not an idle model of that shape (nothing changed) or its
+        workers could not keep the engine (it is unloaded)."""
         with self._lock:
             record = self._get(name)
             if (
@@ -323,7 +324,7 @@ class WorkerController:
                 or engine_key is None
                 or record.engine_key != engine_key
             ):
-                raise ModelBusyError(
+                raise SwapUnavailableError(
                     f"Model {name!r} ({record.state.value}) cannot be swapped out"
                 )
             record.state = ModelState.UNLOADING
@@ -333,6 +334,10 @@ class WorkerController:
             self.engine_metrics.drop(name)
             with self._lock:
                 del self._models[name]
+        if lease is None:
+            raise SwapUnavailableError(
+                f"Model {name!r} was unloaded but its engine could not be kept"
+            )
         logger.info("Model %r unloaded, its engine kept for a swap", name)
         return lease
 
@@ -739,6 +744,20 @@ class WorkerController:
                     if w.device_index is not None
                 }
         return claims
+
+    def swappable(self, engine_key: str | None) -> list[str]:
+        """Awake, ready models whose engine a load of this shape could take
+        over (``load(swap_from=...)``)."""
+        if engine_key is None:
+            return []
+        with self._lock:
+            return [
+                r.name
+                for r in self._models.values()
+                if r.state == ModelState.READY
+                and not r.asleep
+                and r.engine_key == engine_key
+            ]
 
     def devices(self, name: str) -> list[int | None]:
         """The devices of a loaded model's ranks."""

@@ -57,6 +57,12 @@ class ModelBusyError(WorkerControllerError):
     before this can be done."""
 
 
+class SwapUnavailableError(ModelBusyError):
+    """The idle model chosen for a swap could not give up its engine (it
+    changed state, or a rank stopped mid-request); nothing was loaded and
+    the caller loads normally instead."""
+
+
 class ModelUnavailableError(WorkerControllerError):
     """No room (processes, device memory, a model slot) could be made in
     time; ``retry_after_s`` says when trying again may help."""

@@ -33,6 +33,11 @@ class ControllerMetrics:
             registry=r,
         )
         self.failures = Counter("vllm_wc_load_failures", "Failed loads.", registry=r)
+        self.swaps = Counter(
+            "vllm_wc_swaps",
+            "Models loaded into the kept engine of an idle model of the same shape.",
+            registry=r,
+        )
         self.parks = Counter("vllm_wc_parks", "Models parked.", registry=r)
         self.unparks = Counter("vllm_wc_unparks", "Models unparked.", registry=r)
         self.processes = Gauge(

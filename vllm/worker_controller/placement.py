@@ -12,7 +12,9 @@ them until the load or unpark is done.
 
 When something is short, the least recently used idle model that frees it
 is evicted (parked where that is enough, else unloaded) and the
-reservation is tried again, for at most the wait budget. Requests pin the
+reservation is tried again, for at most the wait budget. An idle model
+whose engine has the new one's shape is the first choice: the load takes
+its engine over (a swap: no new processes, memory or compile). Requests pin the
 model they wait for or run on, so it is never chosen to make room. Loads,
 unparks, unloads and parks on the same device run one at a time: vLLM's
 memory profiler attributes what another engine allocates during its
@@ -63,6 +65,9 @@ class Reservation:
     """Device -> share of its memory the engine will take."""
     lease: Lease | None = None
     """The processes of a load (None for an unpark, which keeps its own)."""
+    swap_from: str | None = None
+    """The idle model whose engine a swap takes over (its processes and
+    memory, hence its claims)."""
 
     def take_lease(self) -> Lease:
         """Hands the leased processes to the load, which then owns them."""
@@ -158,7 +163,9 @@ class Placement:
         """Leases the processes and claims the memory of a new engine,
         evicting idle models for them; ``ModelUnavailableError`` if no room
         can be made within the wait budget."""
-        return await self._reserve(name, lambda: self._try_load(name, prepared), evict)
+        return await self._reserve(
+            name, lambda: self._try_load(name, prepared), evict, prepared.engine_key
+        )
 
     async def reserve_unpark(self, name: str, evict: Evict) -> Reservation:
         """Claims the memory of a parked model's own devices, and a slot."""
@@ -174,6 +181,9 @@ class Placement:
         """Ends a reservation; processes its load did not take go back."""
         if self._reservations.get(reservation.name) is reservation:
             del self._reservations[reservation.name]
+        if (victim := reservation.swap_from) is not None:
+            self._evicting.discard(victim)
+            self.forget(victim)
         if reservation.lease is not None:
             self.pool.give_back(reservation.take_lease().processes)
 
@@ -203,10 +213,24 @@ class Placement:
         name: str,
         attempt: Callable[[], Reservation | _Shortage],
         evict: Evict,
+        engine_key: str | None = None,
     ) -> Reservation:
         start = time.monotonic()
         while True:
             result = attempt()  # synchronous: no await between check and hold
+            if isinstance(result, _Shortage) and (
+                swap := self._swap_victim(name, engine_key)
+            ):
+                # It frees exactly what this engine needs: its own.
+                logger.info(
+                    "Making room for %r (%s): swapping it into the engine of %r",
+                    name,
+                    result.reason,
+                    swap,
+                )
+                self._evicting.add(swap)
+                claims = self.controller.device_claims().get(swap, {})
+                result = Reservation(name, claims, swap_from=swap)
             if isinstance(result, Reservation):
                 self._reservations[name] = result
                 return result
@@ -316,6 +340,15 @@ class Placement:
             for device, share in claims.items():
                 used[device] += share
         return used
+
+    def _swap_victim(self, name: str, engine_key: str | None) -> str | None:
+        """The least recently used idle model of this engine shape."""
+        candidates = [
+            (self.idle_s(n), n)
+            for n in self.controller.swappable(engine_key)
+            if n != name and not self._pins[n] and not self.settling(n)
+        ]
+        return max(candidates)[1] if candidates else None
 
     def _victim(self, shortage: _Shortage, exclude: str) -> str | None:
         """The least recently used model that may make this room."""

@@ -32,17 +32,23 @@ from vllm.entrypoints.openai.api_server import build_app, init_app_state
 from vllm.logger import init_logger
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 from vllm.worker_controller.access import BearerAuth
-from vllm.worker_controller.controller import ModelState, WorkerController
+from vllm.worker_controller.controller import (
+    LoadResult,
+    ModelState,
+    PreparedLoad,
+    WorkerController,
+)
 from vllm.worker_controller.errors import (
     ModelAlreadyLoadedError,
     ModelBusyError,
     ModelNotFoundError,
     ModelUnavailableError,
     ParkingUnavailableError,
+    SwapUnavailableError,
     WorkerControllerError,
 )
 from vllm.worker_controller.metrics import ControllerMetrics
-from vllm.worker_controller.placement import Placement
+from vllm.worker_controller.placement import Placement, Reservation
 from vllm.worker_controller.responses import error_response, send_error, send_json
 
 logger = init_logger(__name__)
@@ -217,18 +223,7 @@ class ModelRouter:
             prepared = await asyncio.to_thread(
                 self.controller.prepare, model, name, **args
             )
-            reservation = await self.placement.reserve_load(name, prepared, self._evict)
-            try:
-                async with self.placement.exclusive(reservation):
-                    loaded = await asyncio.to_thread(
-                        self.controller.load,
-                        model,
-                        name,
-                        prepared=prepared,
-                        lease=reservation.take_lease(),
-                    )
-            finally:
-                self.placement.release(reservation)
+            loaded = await self._load_reserved(name, model, prepared)
         except ModelUnavailableError:
             raise  # no room now: not the model's failure
         except WorkerControllerError:
@@ -245,6 +240,58 @@ class ModelRouter:
         self._origins[name] = origin
         self._backoff.pop(name, None)
         return {"name": name, "model": model, "timings_s": loaded.timings_s}
+
+    async def _load_reserved(
+        self, name: str, model: str, prepared: PreparedLoad
+    ) -> LoadResult:
+        """Reserves room (evicting, or choosing an engine to swap into),
+        then loads. A swap that cannot happen leaves its victim unloaded or
+        as it was, and the reservation is made again."""
+        while True:
+            reservation = await self.placement.reserve_load(name, prepared, self._evict)
+            try:
+                if reservation.swap_from is not None:
+                    try:
+                        return await self._swap(reservation, model, prepared)
+                    except SwapUnavailableError as e:
+                        logger.warning("No swap for %r (%s): loading it anew", name, e)
+                        continue
+                async with self.placement.exclusive(reservation):
+                    return await asyncio.to_thread(
+                        self.controller.load,
+                        model,
+                        name,
+                        prepared=prepared,
+                        lease=reservation.take_lease(),
+                    )
+            finally:
+                self.placement.release(reservation)
+
+    async def _swap(
+        self, reservation: Reservation, model: str, prepared: PreparedLoad
+    ) -> LoadResult:
+        """Loads ``model`` into the kept engine of the idle model the
+        reservation names, which stops serving first (its next request
+        loads it again). No device lock: nothing is profiled or mapped."""
+        victim = reservation.swap_from
+        assert victim is not None
+        served = self._served.pop(victim, None)
+        try:
+            loaded = await asyncio.to_thread(
+                self.controller.load,
+                model,
+                reservation.name,
+                prepared=prepared,
+                swap_from=victim,
+            )
+        except SwapUnavailableError:
+            if served is not None and self.controller.state(victim) == ModelState.READY:
+                self._served[victim] = served  # untouched: it serves on
+            raise
+        self.metrics.evictions.inc()
+        self.metrics.unloads.inc()
+        self.metrics.swaps.inc()
+        return loaded
 
     async def _build_app(self, name: str, model: str) -> ASGIApp:
         """vLLM's OpenAI app over the model's ``AsyncLLM``, with an engine
@@ -264,6 +311,9 @@ class ModelRouter:
 
         app.add_exception_handler(EngineDeadError, engine_error)
         app.add_exception_handler(EngineGenerateError, engine_error)
+        # build_app has built the middleware stack, which copied the
+        # handlers: without a rebuild, upstream's still answer (and crash).
+        app.middleware_stack = None
         return app
 
     def _stopped(self, name: str) -> str | None:
