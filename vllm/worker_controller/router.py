@@ -239,7 +239,12 @@ class ModelRouter:
         self._served[name] = _Served(app, model, keep_alive_s=origin.keep_alive_s)
         self._origins[name] = origin
         self._backoff.pop(name, None)
-        return {"name": name, "model": model, "timings_s": loaded.timings_s}
+        return {
+            "name": name,
+            "model": model,
+            "brought_up": loaded.brought_up,
+            "timings_s": loaded.timings_s,
+        }
 
     async def _load_reserved(
         self, name: str, model: str, prepared: PreparedLoad
