@@ -277,18 +277,21 @@ class ModelRouter:
     ) -> LoadResult:
         """Loads ``model`` into the kept engine of the idle model the
         reservation names, which stops serving first (its next request
-        loads it again). No device lock: nothing is profiled or mapped."""
+        loads it again). Under the devices' lock: a swap maps nothing new,
+        but one that cannot keep the engine unloads it, freeing memory
+        that another engine's profile must not see go."""
         victim = reservation.swap_from
         assert victim is not None
         served = self._served.pop(victim, None)
         try:
-            loaded = await asyncio.to_thread(
-                self.controller.load,
-                model,
-                reservation.name,
-                prepared=prepared,
-                swap_from=victim,
-            )
+            async with self.placement.exclusive(reservation):
+                loaded = await asyncio.to_thread(
+                    self.controller.load,
+                    model,
+                    reservation.name,
+                    prepared=prepared,
+                    swap_from=victim,
+                )
         except SwapUnavailableError:
             if served is not None and self.controller.state(victim) == ModelState.READY:
                 self._served[victim] = served  # untouched: it serves on

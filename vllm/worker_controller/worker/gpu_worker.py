@@ -45,6 +45,7 @@ from vllm.worker_controller.worker.cumem import install_pool_releasing_allocator
 from vllm.worker_controller.worker.model_runner import (
     cumem_pool_report,
     driver_memory_in_use,
+    held_requests,
     leak_probes,
     memory_in_use,
     memory_summary,
@@ -309,7 +310,7 @@ class PooledWorker(PooledProcessHandler):
         proc = self.proc
         if proc is None or not isinstance(proc.worker, EngineBuildMemo):
             return False
-        return not proc.worker.wrapper.worker.model_runner.requests
+        return held_requests(proc.worker.wrapper.worker.model_runner) == 0
 
     def keep_model(self) -> dict[str, Any]:
         """Detaches from the stopped engine's queues, keeping the Worker,

@@ -95,6 +95,17 @@ def reset_process_state() -> None:
     release_memory()
 
 
+def held_requests(runner) -> int | None:
+    """How many requests' state the model runner holds: ``requests`` in
+    upstream's V1 runner (CPU), ``req_states`` in the V2 runner (GPU);
+    None for a runner that keeps them elsewhere."""
+    if (requests := getattr(runner, "requests", None)) is not None:
+        return len(requests)
+    if (states := getattr(runner, "req_states", None)) is not None:
+        return states.num_reqs
+    return None
+
+
 def release_memory() -> None:
     """Returns freed memory to the device / the OS before it is measured."""
     gc.unfreeze()
