@@ -86,10 +86,15 @@ class PooledWorkerProc(WorkerProc):
         if (thread := getattr(self, "async_output_copy_thread", None)) is not None:
             self.async_output_queue.put(_StopOutputThread())
             thread.join(timeout=10)
+        self.close_queues()
+        super().shutdown()
+
+    def close_queues(self) -> None:
+        """Closes this lease's queues to the engine host (at once, not when
+        garbage-collected)."""
         for mq in (self.rpc_broadcast_mq, self.worker_response_mq):
             if mq is not None:
                 close_message_queue(mq)
-        super().shutdown()
 
     def wait_until_ready(self, released: threading.Event) -> None:
         """Upstream's MQ barrier, in its order, but abandonable."""
@@ -317,9 +322,7 @@ class PooledWorker(PooledProcessHandler):
         its model, KV cache and graphs for the next checkpoint."""
         proc = self.proc
         assert proc is not None
-        for mq in (proc.rpc_broadcast_mq, proc.worker_response_mq):
-            if mq is not None:
-                close_message_queue(mq)
+        proc.close_queues()
         proc.rpc_broadcast_mq = proc.worker_response_mq = None
         self.state = "kept"
         logger.info("Worker %d keeps its engine for a swap", self.index)
