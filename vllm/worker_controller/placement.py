@@ -188,7 +188,7 @@ class Placement:
             self.pool.give_back(reservation.take_lease().processes)
 
     def exclusive(self, reservation: Reservation) -> AsyncContextManager[None]:
-        """One memory-mapping load or unpark at a time per device."""
+        """The locks of the devices of this load, swap or unpark."""
         return self.devices_exclusive(reservation.claims)
 
     @asynccontextmanager
