@@ -12,7 +12,15 @@ process, N cycles) runs after them.
   loaded (a new hard-linked copy of the folder, new name and path, so
   nothing keyed by either helps) → first completion; its architecture was
   compiled before, as for a fine-tune of a served base model;
-- ``ctrl_new_arch``: the same, but its ``config.json`` differs (a unique
+- ``ctrl_swap``: the base model is loaded and idle, the server may hold one
+  model (``--max-loaded-models 1``); ``POST /v1/controller/models`` of a new
+  checkpoint of the same shape (other random weights, from the page cache)
+  → first completion. The placement gives the new checkpoint the base
+  model's engine: its weights are copied into the kept engine (compiled
+  model, CUDA graphs, KV cache). The run fails unless the reply says
+  ``brought_up: swap``; its greedy text is compared with that of a normal
+  load of the same checkpoint (``tokens_equal_normal_load``);
+- ``ctrl_new_arch``: the same as ``ctrl_new``, but its ``config.json`` differs (a unique
   ``rms_norm_eps``), so no compiled artifact on the machine fits it: what
   a model of a never-seen architecture pays;
 - ``ctrl_reload``: load again a model unloaded a few minutes earlier →
@@ -81,7 +89,13 @@ from gpu_common import (  # noqa: E402
     write_json,
 )
 
-CTRL_SCENARIOS = ("ctrl_new", "ctrl_new_arch", "ctrl_reload", "ctrl_unpark")
+CTRL_SCENARIOS = (
+    "ctrl_new",
+    "ctrl_swap",
+    "ctrl_new_arch",
+    "ctrl_reload",
+    "ctrl_unpark",
+)
 # A scenario that failed this often is not tried again (it would fail again
 # and eat the stage's time).
 MAX_FAILURES = 2
@@ -92,6 +106,7 @@ DEFAULT_ESTIMATES_S = {
         "stock_serve": 100,
         "stock_llm": 90,
         "ctrl_new": 60,
+        "ctrl_swap": 60,
         "ctrl_new_arch": 60,
         "ctrl_reload": 40,
         "ctrl_unpark": 25,
@@ -102,6 +117,7 @@ DEFAULT_ESTIMATES_S = {
         "stock_serve": 150,
         "stock_llm": 150,
         "ctrl_new": 100,
+        "ctrl_swap": 120,
         "ctrl_new_arch": 100,
         "ctrl_reload": 70,
         "ctrl_unpark": 60,
@@ -115,6 +131,9 @@ WHAT_IS_TIMED = {
     "stock_llm": "launch of a Python process → `LLM(...)` → first output",
     "ctrl_new": "POST /v1/controller/models of a never-loaded copy (an "
     "architecture compiled before) → first completion answered",
+    "ctrl_swap": "POST /v1/controller/models of a new checkpoint of the loaded, "
+    "idle model's shape (other weights; one model slot: its engine is taken "
+    "over) → first completion answered",
     "ctrl_new_arch": "POST /v1/controller/models of a never-loaded copy with "
     "a config.json never compiled on this machine → first completion answered",
     "ctrl_reload": "POST /v1/controller/models of a model unloaded earlier "
@@ -248,6 +267,10 @@ class CtrlServer:
             str(base.parent),
             "--keep-alive",
             "-1",
+            # Every scenario unloads before it loads, except ctrl_swap, whose
+            # load must find no room: then the idle model's engine is swapped.
+            "--max-loaded-models",
+            "1",
             *engine_flags(engine_args),
         ]
         if on_gpu and args.park_memory_gb is not None:
@@ -473,6 +496,49 @@ class Bench:
 
     def ctrl_new(self, model: str, base: Path) -> dict[str, Any]:
         return self._ctrl_new_copy(model, base, "new", None)
+
+    def ctrl_swap(self, model: str, base: Path) -> dict[str, Any]:
+        ctrl = self.require_ctrl()
+        # A new checkpoint: the same shape and files, other random weights.
+        other = ensure_models(base.parent, [model], seed=1)[model]
+        unloaded = ctrl.unload_all()
+        state = self.results.data.setdefault("state", {})
+        references = state.setdefault("swap_reference_text", {})
+        if model not in references:  # the new checkpoint's text, loaded anew
+            ref = f"{other.name}-reference"
+            ctrl.load(make_copy(other, ref), ref)
+            c = stream_completion(ctrl.url, ref, timeout=self.args.request_timeout)
+            references[model] = c["text"]
+            ctrl.unload(ref)
+            self.results.save()
+        # The engine to swap into: the base model, loaded, served, idle.
+        if ctrl.models().get(model) != "ready":
+            ctrl.load(base, model)
+            stream_completion(ctrl.url, model, timeout=self.args.request_timeout)
+        used = state.setdefault("used_copies", {}).setdefault(model, [])
+        name = f"{model}-swap-{len(used) + 1}"
+        used.append(name)
+        self.results.save()
+        post_s, resp = ctrl.load(make_copy(other, name), name)
+        c = stream_completion(ctrl.url, name, timeout=self.args.request_timeout)
+        unload_s = ctrl.unload(name)
+        if resp.get("brought_up") != "swap":
+            raise RuntimeError(
+                f"{name!r} was brought up by {resp.get('brought_up')!r}, "
+                f"not a swap: {clip(json.dumps(resp))}"
+            )
+        return {
+            "total_s": post_s + c["completion_s"],
+            "phases_s": {
+                **self._ctrl_phases(post_s, resp),
+                "first_token": c["first_token_s"],
+                "first_completion": c["completion_s"],
+                "unload_after": unload_s,
+            },
+            "copy": name,
+            "tokens_equal_normal_load": c["text"] == references[model],
+            "unloaded_before": unloaded,
+        }
 
     def ctrl_new_arch(self, model: str, base: Path) -> dict[str, Any]:
         eps = json.loads((base / "config.json").read_text())["rms_norm_eps"]
@@ -704,6 +770,7 @@ class Bench:
         keys = (
             "ready",
             "import",
+            "stop_previous",
             "llm_init",
             "weights",
             "engine_init",

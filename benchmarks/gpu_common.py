@@ -128,8 +128,14 @@ SHAPES: dict[str, dict[str, Any]] = {
 SHARD_BYTES = 4 * 2**30
 
 
-def build_model(shape: str, models_dir: Path) -> Path:
-    """Creates ``models_dir/shape`` with random weights, once.
+def model_dir_name(shape: str, seed: int = 0) -> str:
+    """The folder of ``shape``'s checkpoint drawn with ``seed`` (0: the base)."""
+    return shape if seed == 0 else f"{shape}-seed{seed}"
+
+
+def build_model(shape: str, models_dir: Path, seed: int = 0) -> Path:
+    """Creates ``models_dir/shape`` with random weights, once (another
+    ``seed``: another checkpoint of the same shape, for swaps).
 
     Tensor names and shapes come from the HF model class built on the meta
     device (so they are right for this transformers version), but the weights
@@ -144,7 +150,7 @@ def build_model(shape: str, models_dir: Path) -> Path:
     sys.path.insert(0, str(REPO))
     from tests.worker_controller.models import build_tokenizer
 
-    out = models_dir / shape
+    out = models_dir / model_dir_name(shape, seed)
     if (out / "config.json").exists():
         return out
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -179,7 +185,7 @@ def build_model(shape: str, models_dir: Path) -> Path:
             shards[-1].append(name)
             size += nbytes
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        gen = torch.Generator(device=device).manual_seed(0)
+        gen = torch.Generator(device=device).manual_seed(seed)
         weight_map = {}
         for i, names in enumerate(shards):
             fname = (
@@ -212,11 +218,14 @@ def build_model(shape: str, models_dir: Path) -> Path:
     return out
 
 
-def ensure_models(models_dir: Path, shapes: Iterable[str]) -> dict[str, Path]:
+def ensure_models(
+    models_dir: Path, shapes: Iterable[str], seed: int = 0
+) -> dict[str, Path]:
     """Paths of the shapes' model folders, creating the missing ones in a
     child process (it needs torch and CUDA, which the driver must not hold)."""
     shapes = list(shapes)
-    missing = [s for s in shapes if not (models_dir / s / "config.json").exists()]
+    paths = {s: models_dir / model_dir_name(s, seed) for s in shapes}
+    missing = [s for s in shapes if not (paths[s] / "config.json").exists()]
     if missing:
         start = time.monotonic()
         log(f"creating models {', '.join(missing)} in {models_dir}")
@@ -229,11 +238,13 @@ def ensure_models(models_dir: Path, shapes: Iterable[str]) -> dict[str, Path]:
                 str(models_dir),
                 "--shapes",
                 ",".join(missing),
+                "--seed",
+                str(seed),
             ],
             check=True,
         )
         log(f"models created in {time.monotonic() - start:.1f} s")
-    return {s: models_dir / s for s in shapes}
+    return paths
 
 
 def make_copy(
@@ -472,7 +483,12 @@ def stream_completion(
             f"completion from {model!r} incomplete: first chunk {first}, "
             f"{tokens} of {max_tokens} tokens"
         )
-    return {"first_token_s": first, "completion_s": done, "tokens": tokens}
+    return {
+        "first_token_s": first,
+        "completion_s": done,
+        "tokens": tokens,
+        "text": text,
+    }
 
 
 def wait_healthy(base_url: str, proc: Proc, timeout: float) -> float:
@@ -664,6 +680,7 @@ SCENARIOS = (
     "stock_serve",
     "stock_llm",
     "ctrl_new",
+    "ctrl_swap",
     "ctrl_new_arch",
     "ctrl_reload",
     "ctrl_unpark",
@@ -790,10 +807,11 @@ def main() -> None:
     p = sub.add_parser("make-models", help="create random-weight model folders")
     p.add_argument("--models-dir", type=Path, required=True)
     p.add_argument("--shapes", default="qwen3-0.6b,llama-3.1-8b")
+    p.add_argument("--seed", type=int, default=0, help="of the random weights")
     args = parser.parse_args()
     for shape in args.shapes.split(","):
         start = time.monotonic()
-        path = build_model(shape, args.models_dir)
+        path = build_model(shape, args.models_dir, args.seed)
         log(f"model {shape}: {path} ({time.monotonic() - start:.1f} s)")
 
 

@@ -71,6 +71,7 @@ from gpu_common import (  # noqa: E402
     HERE,
     PROMPT,
     Deadline,
+    HttpError,
     Proc,
     clip,
     engine_flags,
@@ -82,6 +83,7 @@ from gpu_common import (  # noqa: E402
     log,
     machine_metadata,
     make_copy,
+    request_json,
     tail,
     vllm_cli,
     wait_gpu_free,
@@ -487,6 +489,7 @@ class Server:
         directly, which the controller takes for deaths and respawns.)"""
         if self.proc is None:
             return
+        self.dump_stacks_if_busy()
         start = time.monotonic()
         with contextlib.suppress(ProcessLookupError):
             self.proc.popen.send_signal(signal.SIGTERM)
@@ -512,6 +515,30 @@ class Server:
         self.info["gpu_used_mib_after"] = (gpu_memory_used_mib() or (None,))[0]
         self.info["log_errors"] = log_errors(self.proc.log_path)
         self.proc = None
+
+    def dump_stacks_if_busy(self) -> None:
+        """Before the stop: a model still loading, parking or unloading when
+        the scenario is over may be a hang; SIGUSR1 has every server process
+        print its stacks to the log, so the log shows where it waits."""
+        assert self.proc is not None
+        try:
+            listing = request_json(
+                "GET", self.url + "/v1/controller/models", token=self.token, timeout=10
+            )
+        except (OSError, HttpError) as e:
+            busy = [f"listing failed: {e}"]
+        else:
+            busy = [
+                f"{m.get('name')}: {m.get('state')}"
+                for m in listing
+                if m.get("state") not in ("ready", "parked", "failed")
+            ]
+        if busy:
+            log(f"{self.label}: still busy at the stop ({busy}): dumping stacks")
+            self.info["stacks_dumped_for"] = busy
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pgid, signal.SIGUSR1)
+            time.sleep(2)
 
     async def admin(
         self,

@@ -60,6 +60,7 @@ TABLE_PHASES = {
         "first_output",
     ),
     "ctrl_new": (*CTRL_LOAD_PHASES, "unload_after"),
+    "ctrl_swap": ("stop_previous", *CTRL_LOAD_PHASES, "unload_after"),
     "ctrl_new_arch": (*CTRL_LOAD_PHASES, "unload_after"),
     "ctrl_reload": ("unload", *CTRL_LOAD_PHASES),
     "ctrl_unpark": (
@@ -98,8 +99,13 @@ def segments(record: dict[str, Any]) -> list[float]:
         seg[1] = model
         seg[2] = engine
         seg[5] = g("first_completion", g("first_output", 0.0))
-    elif sc in ("ctrl_new", "ctrl_new_arch", "ctrl_reload"):
-        seg[1] = g("config", 0.0) + g("lease", 0.0) + g("weights", 0.0)
+    elif sc in ("ctrl_new", "ctrl_swap", "ctrl_new_arch", "ctrl_reload"):
+        seg[1] = (
+            g("config", 0.0)
+            + g("stop_previous", 0.0)
+            + g("lease", 0.0)
+            + g("weights", 0.0)
+        )
         seg[2] = g("engine_init", 0.0)
         seg[3] = g("client", 0.0) + max(g("router_http", 0.0), 0.0)
         seg[5] = g("first_completion", 0.0)
