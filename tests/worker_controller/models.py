@@ -135,14 +135,18 @@ def _config(kind: str, vocab_size: int, token_ids: dict[str, int]) -> Pretrained
     raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")
 
 
-def build_model(kind: str, dest: Path, seed: int = SEED) -> Path:
-    """Build the tiny ``kind`` model into ``dest/kind`` once and return it.
+def build_model(
+    kind: str, dest: Path, seed: int = SEED, name: str | None = None
+) -> Path:
+    """Build the tiny ``kind`` model into ``dest/kind`` (or ``dest/name``)
+    once and return it.
 
     Another ``seed`` gives a checkpoint of the same shape (config and
-    tokenizer) with other weights. It is built in a temporary folder and
-    renamed into place, so an existing folder is always complete.
+    tokenizer) with other weights: what a swap takes. It is built in a
+    temporary folder and renamed into place, so an existing folder is
+    always complete.
     """
-    out = dest / kind
+    out = dest / (name or kind)
     if out.exists():
         return out
     dest.mkdir(parents=True, exist_ok=True)

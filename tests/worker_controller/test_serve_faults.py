@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from tests.worker_controller.http_load import PROMPT, completion, summary
-from tests.worker_controller.models import hf_greedy
+from tests.worker_controller.models import SEED, build_model, hf_greedy
 from tests.worker_controller.test_serve import start_server
 
 ADMIN = "admin-faults"
@@ -28,9 +28,12 @@ ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 @pytest.fixture(scope="module")
 def server(tiny_models):
     root = tiny_models["llama"].parent
+    # The bystander has qwen3's shape: a reload of qwen3 while its new
+    # worker boots could take the bystander's engine (a swap), and must not.
+    bystander = build_model("qwen3", root, seed=SEED + 1, name="qwen3-b")
     proc, url = start_server(
         str(tiny_models["qwen3"]),
-        str(tiny_models["opt"]),
+        str(bystander),
         "--num-workers=2",
         f"--allowed-model-dir={root}",
         f"--admin-token={ADMIN}",
@@ -151,7 +154,7 @@ def test_disconnect_mid_stream_leaves_model_serving(server, tiny_models):
 
 
 async def kill_under_load(url: str, victim_pid: int) -> dict:
-    """Streams to qwen3 (and asks opt alongside), SIGKILLs ``victim_pid``
+    """Streams to qwen3 (and asks qwen3-b alongside), SIGKILLs ``victim_pid``
     once tokens flow; returns the outcomes and how fast they came."""
     async with httpx.AsyncClient(base_url=url, timeout=None) as client:
         first = asyncio.Event()
@@ -166,7 +169,7 @@ async def kill_under_load(url: str, victim_pid: int) -> dict:
         async def bystander() -> list:
             outcomes = []
             while not bystander_stop.is_set():
-                outcomes.append(await completion(client, "opt", False, 4))
+                outcomes.append(await completion(client, "qwen3-b", False, 4))
             return outcomes
 
         side = asyncio.create_task(bystander())
@@ -199,7 +202,7 @@ async def kill_under_load(url: str, victim_pid: int) -> dict:
 @pytest.mark.parametrize("victim", ["worker", "engine_host"])
 def test_killed_process_under_load(server, tiny_models, victim, capsys):
     _, url = server
-    model = models(url)["qwen3"]
+    model, bystander = models(url)["qwen3"], models(url)["qwen3-b"]
     pid = model["worker_pids"][0] if victim == "worker" else model["engine_host_pid"]
     result = asyncio.run(kill_under_load(url, pid))
     outcomes = result["outcomes"]
@@ -237,6 +240,10 @@ def test_killed_process_under_load(server, tiny_models, victim, capsys):
         time.sleep(1)
     assert pid not in {w["pid"] for w in workers}
     assert models(url)["qwen3"]["state"] == "ready"
+    # The bystander kept its processes all along (no swap, no eviction).
+    keys = ("state", "worker_pids", "engine_host_pid", "brought_up")
+    after = models(url)["qwen3-b"]
+    assert {k: after[k] for k in keys} == {k: bystander[k] for k in keys}
     # An error that escapes the app drops its keep-alive connection: the
     # next request a pooling client sends on it meets a reset.
     port = url.rsplit(":", 1)[1]
@@ -274,12 +281,14 @@ def test_unload_ends_streams_with_error_event(server):
             first = asyncio.Event()
             tasks = [
                 asyncio.create_task(
-                    completion(client, "opt", True, 230, on_first_chunk=first)
+                    completion(client, "qwen3-b", True, 230, on_first_chunk=first)
                 )
                 for _ in range(3)
             ]
             await asyncio.wait_for(first.wait(), 60)
-            r = await client.delete("/v1/controller/models/opt", headers=ADMIN_HEADERS)
+            r = await client.delete(
+                "/v1/controller/models/qwen3-b", headers=ADMIN_HEADERS
+            )
             return await asyncio.wait_for(asyncio.gather(*tasks), 60), r.status_code
 
     outcomes, status = asyncio.run(streams_then_unload())
@@ -290,7 +299,7 @@ def test_unload_ends_streams_with_error_event(server):
     assert any(o.error_type for o in outcomes), summary(outcomes)
     again = httpx.post(
         f"{url}/v1/completions",
-        json={"model": "opt", "prompt": PROMPT, "max_tokens": 4},
+        json={"model": "qwen3-b", "prompt": PROMPT, "max_tokens": 4},
         timeout=300,
     )
     assert again.status_code == 200, again.text
@@ -305,7 +314,7 @@ def test_sigterm_with_streams_in_flight(server):
             first = asyncio.Event()
             tasks = [
                 asyncio.create_task(
-                    completion(client, "opt", True, 60, on_first_chunk=first)
+                    completion(client, "qwen3-b", True, 60, on_first_chunk=first)
                 )
                 for _ in range(3)
             ]

@@ -24,10 +24,8 @@ def bearer(token: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def server(tiny_models, tmp_path_factory):
     root = tiny_models["llama"].parent  # holds qwen3/, opt/, llama/
-    same_shape = root / "qwen3-b"  # qwen3's shape, other weights: swaps
-    if not same_shape.exists():
-        built = build_model("qwen3", tmp_path_factory.mktemp("seed2"), seed=SEED + 1)
-        shutil.copytree(built, same_shape)
+    # qwen3's shape, other weights: swaps.
+    build_model("qwen3", root, seed=SEED + 1, name="qwen3-b")
     broken = root / "broken"  # a checkpoint whose architecture vLLM lacks
     if not broken.exists():
         shutil.copytree(tiny_models["llama"], broken)

@@ -218,8 +218,12 @@ class Placement:
         start = time.monotonic()
         while True:
             result = attempt()  # synchronous: no await between check and hold
-            if isinstance(result, _Shortage) and (
-                swap := self._swap_victim(name, engine_key)
+            # Only where evicting would do: a shortage that booting
+            # replacements will end must not cost a bystander its model.
+            if (
+                isinstance(result, _Shortage)
+                and result.victims
+                and (swap := self._swap_victim(name, engine_key))
             ):
                 # It frees exactly what this engine needs: its own.
                 logger.info(

@@ -283,7 +283,12 @@ class ProcessPool:
                 self._spawn(dead.kind, dead.index, dead.device_index), started
             )
         except Exception:
-            logger.exception("Respawning %s failed", dead.name)
+            with self._cond:
+                closing = self._closing
+            if closing:  # the pool stopped the replacement as it booted
+                logger.info("Respawn of %s ended by the shutdown", dead.name)
+            else:
+                logger.exception("Respawning %s failed", dead.name)
 
 
 def _pick(

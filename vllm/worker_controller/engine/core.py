@@ -31,7 +31,7 @@ from vllm.worker_controller.executor.remote_executor import (
 )
 from vllm.worker_controller.message_queues import close_message_queue
 from vllm.worker_controller.process import ControlServer, PooledProcessHandler
-from vllm.worker_controller.worker.model_runner import release_memory
+from vllm.worker_controller.worker.model_runner import trim_host_heap
 
 logger = init_logger(__name__)
 
@@ -166,7 +166,11 @@ class EngineHost(PooledProcessHandler):
             error = self.engine_core.run_until_unloaded()
         finally:
             self.engine_core = None
-            release_memory()
+            # Upstream's shutdown has just run a full collection; a second
+            # one costs as much again (0.3 s) on a swap's path, and the
+            # device calls of a worker's release would give this CPU-only
+            # process a CUDA context of its own.
+            trim_host_heap()
             self.state = "idle"
         return {"error": error}
 

@@ -106,14 +106,18 @@ def held_requests(runner) -> int | None:
     return None
 
 
+def trim_host_heap() -> None:
+    """Gives freed heap pages back to the OS: glibc keeps them, and without
+    a trim RSS cannot show whether a model's memory was really released."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def release_memory() -> None:
     """Returns freed memory to the device / the OS before it is measured."""
     gc.unfreeze()
     gc.collect()
     if current_platform.is_cpu():
-        # glibc keeps freed heap pages; without a trim, RSS cannot show
-        # whether a model's tensors were really released.
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        trim_host_heap()
     else:
         torch.accelerator.synchronize()
         # cuBLAS keeps a workspace per stream it has seen; each model's
