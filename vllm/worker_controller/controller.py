@@ -270,7 +270,7 @@ class WorkerController:
             swap = swap_from is not None
             if swap_from is not None:
                 with self._phase(record, "stop_previous"):
-                    lease = self._take_engine(swap_from, prepared.engine_key)
+                    lease = self._take_engine(swap_from, prepared.engine_key, model)
             record.brought_up = "swap" if swap else "load"
             self._load(record, lease, swap)
             with self._lock:
@@ -311,9 +311,10 @@ class WorkerController:
             brought_up=record.brought_up,
         )
 
-    def _take_engine(self, name: str, engine_key: str | None) -> Lease:
-        """Unloads the idle model ``name`` but keeps its engine; returns its
-        processes, whose workers hold the engine. ``SwapUnavailableError``
+    def _take_engine(self, name: str, engine_key: str | None, weights: str) -> Lease:
+        """Unloads the idle model ``name`` but keeps its engine, into which
+        the workers load ``weights``; returns its processes, whose workers
+        hold the engine. ``SwapUnavailableError``
         if it is not an idle model of that shape (nothing changed) or its
         workers could not keep the engine (it is unloaded)."""
         with self._lock:
@@ -329,7 +330,7 @@ class WorkerController:
                 )
             record.state = ModelState.UNLOADING
         try:
-            lease = self._release(record, keep=True).kept
+            lease = self._release(record, keep=True, weights=weights).kept
         finally:
             self.engine_metrics.drop(name)
             with self._lock:
@@ -521,10 +522,16 @@ class WorkerController:
         logger.info("Model %r unloaded in %.2f s", name, elapsed)
         return UnloadResult(name, {"total": elapsed}, reports)
 
-    def _release(self, record: _Model, keep: bool = False) -> "_Released":
+    def _release(
+        self, record: _Model, keep: bool = False, weights: str | None = None
+    ) -> "_Released":
         """Stops the engine (if any) and gives every process back; with
-        ``keep``, its workers keep the engine and the processes stay leased
-        (the lease is returned) if every one of them could.
+        ``keep``, its workers keep the engine (and load ``weights`` into
+        it) and the processes stay leased (the lease is returned) if every
+        one of them could.
+
+        Once the engine has stopped, the workers unload (or load the next
+        weights) while the engine host tears the engine down.
 
         Safe on partially loaded models; runs once per model.
         """
@@ -541,10 +548,11 @@ class WorkerController:
         if host is not None and host.serving is not None:
             host.channel.call_async("stop")
             host_clean = self.proxy.wait(host, host.serving) is not None
+        self.proxy.release_workers(record.workers, keep, weights)
         self._close_client(record)
         if host_clean and host is not None and host.serving is not None:
             host_clean = self._retire_engine(host, record)
-        released = self.proxy.release_workers(record.workers, keep)
+        released = self.proxy.wait_released(record.workers)
         if keep:
             if host_clean and all((r or {}).get("kept") for r in released):
                 assert host is not None

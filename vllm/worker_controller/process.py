@@ -58,6 +58,11 @@ class PooledProcessHandler:
     def describe(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def after_reply(self) -> None:
+        """Main-thread work a call left for after its reply was sent (the
+        controller goes on meanwhile); runs before the next main-thread
+        call."""
+
 
 class ControlServer:
     """Reads requests from the controller's pipe and runs them."""
@@ -83,6 +88,10 @@ class ControlServer:
         while (request := self._main_queue.get()) is not self._EXIT:
             assert isinstance(request, ControlRequest)
             self._dispatch(request)
+            try:
+                self._handler.after_reply()
+            except Exception:
+                logger.exception("Work after %s failed", request.method)
 
     def _read_loop(self) -> None:
         while True:

@@ -8,6 +8,7 @@ same ZMQ handshake and wire protocol to the front end, the same scheduler
 and busy loop, with a :class:`RemoteExecutor` over the leased workers.
 """
 
+import gc
 import queue
 import signal
 import threading
@@ -67,7 +68,9 @@ class PooledEngineCoreProc(EngineCoreProc):
         """Runs the busy loop; returns None on unload, else the failure.
 
         On failure the front end is told the engine is dead, as upstream's
-        ``run_engine_core`` does, so its in-flight requests fail fast.
+        ``run_engine_core`` does, so its in-flight requests fail fast. On
+        return the executor has let go of the workers; the rest of the
+        teardown is ``tear_down``'s.
         """
         try:
             self.run_busy_loop()
@@ -78,13 +81,19 @@ class PooledEngineCoreProc(EngineCoreProc):
             self._send_engine_dead()
             return f"{type(e).__name__}: {e}"
         finally:
-            self.shutdown()
-            # Upstream's socket IO threads loop for the life of their
-            # process and hold this object. Drop its state so the scheduler,
-            # executor and shared-memory queues are freed now; the threads
-            # end at EngineHost.retire_engine, once the front end is closed.
-            vars(self).clear()
+            self.model_executor.shutdown()
         return None
+
+    def tear_down(self) -> None:
+        """Upstream's shutdown, then drops this object's state.
+
+        Upstream's socket IO threads loop for the life of their process and
+        hold this object. Dropping its state frees the scheduler, executor
+        and shared-memory queues now; the threads end at
+        ``EngineHost.retire_engine``, once the front end is closed.
+        """
+        self.shutdown()
+        vars(self).clear()
 
 
 class EngineHost(PooledProcessHandler):
@@ -97,6 +106,8 @@ class EngineHost(PooledProcessHandler):
         self.state = "idle"
         self._broadcast_mq: MessageQueue | None = None
         self.engine_core: PooledEngineCoreProc | None = None
+        self._stopped: PooledEngineCoreProc | None = None
+        """The engine that stopped serving, until its teardown ran."""
         self._retiring: (
             tuple[queue.Queue, threading.Thread, list[threading.Thread]] | None
         ) = None
@@ -160,19 +171,38 @@ class EngineHost(PooledProcessHandler):
         return lease.phases_s
 
     def serve(self) -> dict[str, Any]:
-        """Runs the engine until it is unloaded or fails."""
-        assert self.engine_core is not None, "serve before start_engine"
+        """Runs the engine until it is unloaded or fails.
+
+        Replies once the engine has stopped and let go of its workers; its
+        teardown (a full garbage collection, ~0.3 s) runs after the reply,
+        while the controller releases the workers (a swap loads the next
+        checkpoint into them meanwhile).
+        """
+        core = self.engine_core
+        assert core is not None, "serve before start_engine"
         try:
-            error = self.engine_core.run_until_unloaded()
+            error = core.run_until_unloaded()
         finally:
-            self.engine_core = None
-            # Upstream's shutdown has just run a full collection; a second
-            # one costs as much again (0.3 s) on a swap's path, and the
-            # device calls of a worker's release would give this CPU-only
-            # process a CUDA context of its own.
+            self._stopped, self.engine_core = core, None
+        return {"error": error}
+
+    def after_reply(self) -> None:
+        core, self._stopped = self._stopped, None
+        if core is None:
+            return
+        try:
+            core.tear_down()
+        finally:
+            # Upstream's shutdown has just unfrozen the heap and collected
+            # it in full. Freezing what survived makes the next engine's
+            # start-up collection (``freeze_gc_heap``) scan only what is
+            # new: a full pass costs ~0.3 s, on a swap's path. The next
+            # shutdown unfreezes it all again, so nothing stays uncollected
+            # beyond one engine. (A worker's ``release_memory`` would also
+            # give this CPU-only process a CUDA context of its own.)
+            gc.freeze()
             trim_host_heap()
             self.state = "idle"
-        return {"error": error}
 
     def retire_engine(self, input_address: str, output_address: str) -> bool:
         """Ends the last engine's socket threads once its front end closed;

@@ -159,17 +159,23 @@ class ProxyExecutor:
         return [f.result() for f in futures]
 
     def release_workers(
-        self, workers: Sequence["PooledProcess"], keep: bool = False
-    ) -> list[dict[str, Any] | None]:
-        """Ends the workers' busy loops; returns each unload report (with
-        ``keep``: each rank's word that it kept its engine, or its unload
-        report if it could not).
-
-        None stands for a rank that never loaded, died, or did not answer.
-        """
+        self,
+        workers: Sequence["PooledProcess"],
+        keep: bool = False,
+        weights: str | None = None,
+    ) -> None:
+        """Ends the workers' busy loops: they unload, or (``keep``) keep
+        their engine and load ``weights`` into it."""
         for w in workers:
             if w.serving is not None and not w.channel.lost:
-                w.channel.call_async("release", keep=keep)
+                w.channel.call_async("release", keep=keep, weights_path=weights)
+
+    def wait_released(
+        self, workers: Sequence["PooledProcess"]
+    ) -> list[dict[str, Any] | None]:
+        """Each released rank's unload report (or its word that it kept its
+        engine); None for a rank that never loaded, died, or did not answer.
+        """
         return [self.wait(w, w.serving) for w in workers]
 
     def unload_kept(self, p: "PooledProcess") -> dict[str, Any] | None:

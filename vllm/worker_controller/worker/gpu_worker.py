@@ -188,6 +188,9 @@ class PooledWorker(PooledProcessHandler):
         self._released = threading.Event()
         self._keep = False
         """Whether the lease being released keeps its engine for a swap."""
+        self._next_weights: str | None = None
+        """The checkpoint a swap brings in, loaded as soon as the engine is
+        kept (while the engine host tears the old engine down)."""
         self.loads = 0
 
     def describe(self) -> dict[str, Any]:
@@ -221,7 +224,7 @@ class PooledWorker(PooledProcessHandler):
         self.state = "loading"
         start = time.perf_counter()
         if swap:
-            self._swap_weights(vllm_config, input_shm_handle)
+            self._attach_swapped(vllm_config, input_shm_handle)
             return self._loaded(start)
         if self.proc is not None:  # kept for a swap that did not happen
             self.unload_model()
@@ -245,19 +248,27 @@ class PooledWorker(PooledProcessHandler):
         self.proc.worker = EngineBuildMemo(self.proc.worker)
         return self._loaded(start)
 
-    def _swap_weights(self, vllm_config: VllmConfig, input_shm_handle: Handle) -> None:
-        """Loads the new checkpoint into the kept model's parameters, in
-        place (upstream's ``reload_weights``: layerwise, so processed and
-        tied weights end up where the captured graphs read them), and
-        attaches to the new engine's queues."""
+    def _reload_weights(self, path: str) -> None:
+        """Loads a checkpoint into the kept model's parameters, in place
+        (upstream's ``reload_weights``: layerwise, so processed and tied
+        weights end up where the captured graphs read them)."""
+        assert self.proc is not None
+        worker = self.proc.worker.wrapper.worker
+        with set_current_vllm_config(worker.vllm_config):
+            worker.reload_weights(weights_path=path)
+
+    def _attach_swapped(
+        self, vllm_config: VllmConfig, input_shm_handle: Handle
+    ) -> None:
+        """Makes the kept engine the new model's: its weights (unless the
+        release loaded them already), its name, the new engine's queues."""
         proc = self.proc
         if proc is None or not isinstance(proc.worker, EngineBuildMemo):
             raise RuntimeError("no kept engine to swap weights into")
-        memo = proc.worker
-        worker = memo.wrapper.worker
+        worker = proc.worker.wrapper.worker
         try:
-            with set_current_vllm_config(worker.vllm_config):
-                worker.reload_weights(weights_path=vllm_config.model_config.model)
+            if worker.model_config.model != vllm_config.model_config.model:
+                self._reload_weights(vllm_config.model_config.model)
             worker.model_config.served_model_name = (
                 vllm_config.model_config.served_model_name
             )
@@ -265,7 +276,7 @@ class PooledWorker(PooledProcessHandler):
         except BaseException:
             self.unload_model()
             raise
-        memo.replay = True
+        proc.worker.replay = True
 
     def _loaded(self, start: float) -> dict[str, Any]:
         assert self.proc is not None
@@ -300,10 +311,12 @@ class PooledWorker(PooledProcessHandler):
             return self.keep_model()
         return self.unload_model()
 
-    def release(self, keep: bool = False) -> None:
+    def release(self, keep: bool = False, weights_path: str | None = None) -> None:
         """Ends the busy loop (or the ready barrier) of the current lease;
-        ``keep``: keep the engine for a swap instead of unloading."""
+        ``keep``: keep the engine for a swap instead of unloading, and load
+        ``weights_path`` into it right away."""
         self._keep = keep
+        self._next_weights = weights_path
         self._released.set()
         proc = self.proc
         if proc is not None and proc.rpc_broadcast_mq is not None:
@@ -319,14 +332,26 @@ class PooledWorker(PooledProcessHandler):
 
     def keep_model(self) -> dict[str, Any]:
         """Detaches from the stopped engine's queues, keeping the Worker,
-        its model, KV cache and graphs for the next checkpoint."""
+        its model, KV cache and graphs for the next checkpoint, whose
+        weights it then loads (if the release named them)."""
         proc = self.proc
         assert proc is not None
         proc.close_queues()
         proc.rpc_broadcast_mq = proc.worker_response_mq = None
         self.state = "kept"
         logger.info("Worker %d keeps its engine for a swap", self.index)
-        return {"kept": True, "memory_bytes": memory_in_use()}
+        start = time.perf_counter()
+        if (path := self._next_weights) is not None:
+            try:
+                self._reload_weights(path)
+            except Exception as e:
+                logger.error("Loading %s into the kept engine failed: %s", path, e)
+                return self.unload_model()
+        return {
+            "kept": True,
+            "weights_s": time.perf_counter() - start,
+            "memory_bytes": memory_in_use(),
+        }
 
     def _log_driver_memory(self, when: str) -> None:
         used = driver_memory_in_use(self.device_index)
