@@ -52,6 +52,7 @@ from vllm.worker_controller.worker.model_runner import (
     referrer_chains,
     release_compiled_model,
     release_memory,
+    release_reload_records,
     reset_process_state,
 )
 
@@ -372,6 +373,7 @@ class PooledWorker(PooledProcessHandler):
             worker = getattr(proc.worker, "worker", None)
             probes = leak_probes(worker)
             release_compiled_model(worker)
+            release_reload_records(worker)
             if debug and self.device_index is not None:
                 logger.info("Before teardown: %s", cumem_pool_report())
                 self._log_driver_memory("before teardown")

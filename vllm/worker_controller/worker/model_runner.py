@@ -28,6 +28,7 @@ from vllm.compilation.wrapper import TorchCompileWithNoGuardsWrapper
 from vllm.distributed import parallel_state
 from vllm.logger import init_logger
 from vllm.model_executor.layers.mamba import mamba_utils
+from vllm.model_executor.model_loader.reload import layerwise
 from vllm.platforms import current_platform
 from vllm.platforms import interface as platform_interface
 from vllm.utils import gpu_sync_debug, jit_monitor
@@ -64,6 +65,23 @@ def release_compiled_model(worker) -> None:
             # same architecture: leave it as the source defined it.
             type(module).forward.__code__ = module.original_code_object()
     compilation_counter.__init__()  # back to a fresh process's counts
+
+
+def release_reload_records(worker) -> None:
+    """Drops upstream's layerwise-reload records of the worker's model.
+
+    ``reload_weights`` (a swap) keeps per-module records in a process-global
+    ``WeakKeyDictionary``, but a record's meta tensors carry weight loaders
+    whose closures hold the module itself: the key is kept alive by its own
+    value, and with it (through the attention layers) the whole KV cache.
+    Seen on the H200: every model brought up by a swap left its KV cache
+    behind at unload.
+    """
+    runner = getattr(worker, "model_runner", None)
+    if runner is None or getattr(runner, "model", None) is None:
+        return
+    for module in runner.get_model().modules():
+        layerwise.LAYERWISE_INFO.pop(module, None)
 
 
 def reset_process_state() -> None:
