@@ -4,6 +4,7 @@ model answers ``/v1/embeddings`` like HF transformers, the demo chat model
 knows the capital of France, and ``/metrics`` carries vLLM's own engine
 metrics for both, labelled by model, next to the controller's."""
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from transformers import AutoModel, AutoTokenizer
 
 from tests.worker_controller.test_serve import start_server
-from vllm.worker_controller.demo_model import ensure_demo_model
+from vllm.worker_controller.demo_model import demo_engine_args, ensure_demo_model
 
 EMBED, DEMO = "tiny-embed", "smollm2"
 ADMIN = "admin-test"
@@ -31,9 +32,9 @@ def server(tiny_models, tmp_path_factory):
         f"  {EMBED}:\n"  # a causal LM run as an embedding model by vLLM
         f"    model: {tiny_models['qwen3']}\n"
         "    engine_args: {runner: pooling, convert: embed}\n"
-        f"  {DEMO}:\n"  # as test_demo_model.py loads it (eager from TINY_FLAGS)
+        f"  {DEMO}:\n"  # as `make serve` and test_demo_model.py load it
         f"    model: {ensure_demo_model()}\n"
-        "    engine_args: {dtype: auto, max_model_len: 512}\n"
+        f"    engine_args: {json.dumps({**demo_engine_args(), 'max_model_len': 512})}\n"
     )
     proc, url = start_server(
         f"--model-catalog={catalog}", "--num-workers=2", f"--admin-token={ADMIN}"
