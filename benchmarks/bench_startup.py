@@ -502,8 +502,9 @@ class Bench:
         # A new checkpoint: the same shape and files, other random weights.
         other = ensure_models(base.parent, [model], seed=1)[model]
         unloaded = ctrl.unload_all()
-        state = self.results.data.setdefault("state", {})
-        references = state.setdefault("swap_reference_text", {})
+        references = self.results.data.setdefault("state", {}).setdefault(
+            "swap_reference_text", {}
+        )
         if model not in references:  # the new checkpoint's text, loaded anew
             ref = f"{other.name}-reference"
             ctrl.load(make_copy(other, ref), ref)
@@ -515,30 +516,15 @@ class Bench:
         if ctrl.models().get(model) != "ready":
             ctrl.load(base, model)
             stream_completion(ctrl.url, model, timeout=self.args.request_timeout)
-        used = state.setdefault("used_copies", {}).setdefault(model, [])
-        name = f"{model}-swap-{len(used) + 1}"
-        used.append(name)
-        self.results.save()
-        post_s, resp = ctrl.load(make_copy(other, name), name)
-        c = stream_completion(ctrl.url, name, timeout=self.args.request_timeout)
-        unload_s = ctrl.unload(name)
+        run, resp, text = self._timed_load_of_copy(ctrl, model, other, "swap")
         if resp.get("brought_up") != "swap":
             raise RuntimeError(
-                f"{name!r} was brought up by {resp.get('brought_up')!r}, "
+                f"{run['copy']!r} was brought up by {resp.get('brought_up')!r}, "
                 f"not a swap: {clip(json.dumps(resp))}"
             )
-        return {
-            "total_s": post_s + c["completion_s"],
-            "phases_s": {
-                **self._ctrl_phases(post_s, resp),
-                "first_token": c["first_token_s"],
-                "first_completion": c["completion_s"],
-                "unload_after": unload_s,
-            },
-            "copy": name,
-            "tokens_equal_normal_load": c["text"] == references[model],
-            "unloaded_before": unloaded,
-        }
+        run["tokens_equal_normal_load"] = text == references[model]
+        run["unloaded_before"] = unloaded
+        return run
 
     def ctrl_new_arch(self, model: str, base: Path) -> dict[str, Any]:
         eps = json.loads((base / "config.json").read_text())["rms_norm_eps"]
@@ -551,6 +537,20 @@ class Bench:
     ) -> dict[str, Any]:
         ctrl = self.require_ctrl()
         unloaded = ctrl.unload_all()
+        run, _, _ = self._timed_load_of_copy(ctrl, model, base, kind, overrides)
+        run["unloaded_before"] = unloaded
+        return run
+
+    def _timed_load_of_copy(
+        self,
+        ctrl: CtrlServer,
+        model: str,
+        source: Path,
+        kind: str,
+        overrides: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any], str]:
+        """Loads a never-used copy of ``source`` → first completion, then
+        unloads it; the run record, the load reply and the completion."""
         state = self.results.data.setdefault("state", {})
         used = state.setdefault("used_copies", {}).setdefault(model, [])
         name = f"{model}-{kind}-{len(used) + 1}"
@@ -558,11 +558,10 @@ class Bench:
         # (compile cache written) is never "new" again.
         used.append(name)
         self.results.save()
-        path = make_copy(base, name, overrides)
-        post_s, resp = ctrl.load(path, name)
+        post_s, resp = ctrl.load(make_copy(source, name, overrides), name)
         c = stream_completion(ctrl.url, name, timeout=self.args.request_timeout)
         unload_s = ctrl.unload(name)
-        return {
+        run = {
             "total_s": post_s + c["completion_s"],
             "phases_s": {
                 **self._ctrl_phases(post_s, resp),
@@ -571,8 +570,8 @@ class Bench:
                 "unload_after": unload_s,
             },
             "copy": name,
-            "unloaded_before": unloaded,
         }
+        return run, resp, c["text"]
 
     def ctrl_reload(self, model: str, base: Path) -> dict[str, Any]:
         ctrl = self.require_ctrl()
