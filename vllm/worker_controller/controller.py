@@ -871,6 +871,11 @@ class WorkerController:
                     "engine_host_pid": r.host.pid if r.host else None,
                     "brought_up": r.brought_up,
                     "timings_s": dict(r.timings_s),
+                    "max_model_len": (
+                        r.vllm_config.model_config.max_model_len
+                        if r.vllm_config is not None
+                        else None
+                    ),
                     "error": r.error,
                 }
                 for r in self._models.values()

@@ -52,8 +52,9 @@ def error_response(
 async def send_json(
     send: Send, status: int, payload: Any, headers: dict[str, str] | None = None
 ) -> None:
-    """A whole JSON response on a raw ASGI ``send``."""
-    data = json.dumps(payload).encode()
+    """A whole JSON response on a raw ASGI ``send``, serialised as
+    Starlette's ``JSONResponse`` (upstream's) serialises it."""
+    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
     await send(
         {
             "type": "http.response.start",

@@ -28,7 +28,9 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from vllm import __version__ as VLLM_VERSION
 from vllm.entrypoints.openai.api_server import build_app, init_app_state
+from vllm.entrypoints.openai.engine.protocol import ModelCard, ModelPermission
 from vllm.logger import init_logger
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 from vllm.worker_controller.access import BearerAuth
@@ -61,6 +63,8 @@ _POOLING_PATHS = frozenset(
     | {"/rerank", "/v1/rerank", "/v2/rerank", "/v2/embed"}
 )
 _NON_MODEL_PATHS = frozenset({"/ping", "/invocations", "/scale_elastic_ep"})
+# Answered as `vllm serve` answers them: 200 with an empty body.
+_HEALTH_PATHS = {"/health": "GET", "/ping": "GET, POST"}
 # Longer names are no folder or catalog entry: answered as unknown.
 _MAX_NAME_LEN = 255
 # Automatic reloads of a failed model before it waits for an operator.
@@ -528,11 +532,15 @@ class ModelRouter:
             return
         receive = _replay(body, receive)
         path, method = scope["path"], scope["method"]
-        if path == "/health":
-            if method not in ("GET", "HEAD"):
-                await _method_not_allowed(send, method, path, "GET")
+        if path in _HEALTH_PATHS:
+            allow = _HEALTH_PATHS[path]
+            if method != "HEAD" and method not in allow.split(", "):
+                await _method_not_allowed(send, method, path, allow)
             else:
-                await send_json(send, 200, {"status": "ok"})
+                await send({"type": "http.response.start", "status": 200})
+                await send({"type": "http.response.body", "body": b""})
+        elif path == "/version" and method in ("GET", "HEAD"):
+            await send_json(send, 200, {"version": VLLM_VERSION})
         elif path == "/metrics":
             body = self.metrics.render(self.controller)
             await send(
@@ -573,13 +581,19 @@ class ModelRouter:
         self, scope: Scope, receive: Receive, send: Send
     ) -> None:
         path, method = scope["path"], scope["method"]
-        if path == "/v1/models":
+        if path == "/v1/models" or path.startswith("/v1/models/"):
             if method not in ("GET", "HEAD"):
                 await _method_not_allowed(send, method, path, "GET")
+                return
+            cards = self._model_cards()
+            if path == "/v1/models":
+                await send_json(send, 200, {"object": "list", "data": cards})
+                return
+            name = path.removeprefix("/v1/models/")
+            if card := next((c for c in cards if c["id"] == name), None):
+                await send_json(send, 200, card)
             else:
-                await send_json(
-                    send, 200, {"object": "list", "data": self._model_cards()}
-                )
+                await _not_found(send, name)
             return
         match = self._match(scope)
         if match is Match.PARTIAL:
@@ -612,6 +626,19 @@ class ModelRouter:
         self, scope: Scope, body: bytes, receive: Receive, send: Send
     ) -> None:
         name = _model_name(body)
+        if name is None:  # as `vllm serve`: the one model there is
+            names = [c["id"] for c in self._model_cards()]
+            if len(names) != 1:
+                await send_error(
+                    send,
+                    400,
+                    "The request names no 'model' and this server has "
+                    f"{len(names)}: {', '.join(names[:20]) or 'none'}",
+                    "BadRequestError",
+                    "model",
+                )
+                return
+            name = names[0]
         if isinstance(name, _Invalid):
             await send_error(send, 400, name.message, "BadRequestError", "model")
             return
@@ -664,7 +691,11 @@ class ModelRouter:
             )
 
     def _model_cards(self) -> list[dict[str, Any]]:
-        states = {m["name"]: m["state"] for m in self.controller.list_models()}
+        """vLLM's model cards (``max_model_len`` once the model is loaded),
+        plus each model's ``state``: loaded or not, every model that a
+        request may name."""
+        listed = {m["name"]: m for m in self.controller.list_models()}
+        states = {name: m["state"] for name, m in listed.items()}
         cards = {
             name: {"root": served.model, "state": states.get(name, "unknown")}
             for name, served in self._served.items()
@@ -681,7 +712,15 @@ class ModelRouter:
                     path.parent.name, {"root": str(path.parent), "state": "available"}
                 )
         return [
-            {"id": name, "object": "model", "owned_by": "vllm", **card}
+            {
+                **ModelCard(
+                    id=name,
+                    root=card["root"],
+                    max_model_len=listed.get(name, {}).get("max_model_len"),
+                    permission=[ModelPermission()],
+                ).model_dump(),
+                "state": card["state"],
+            }
             for name, card in cards.items()
         ]
 
@@ -691,14 +730,17 @@ class _Invalid:
     message: str
 
 
-def _model_name(body: bytes) -> str | _Invalid:
-    """The request's ``model``, or why the body has none."""
+def _model_name(body: bytes) -> str | _Invalid | None:
+    """The request's ``model``, None if the JSON object has none, or why
+    the body cannot name one."""
     try:
         payload = json.loads(body)
     except (ValueError, RecursionError):
         return _Invalid("Request body must be JSON")
-    if not isinstance(payload, dict) or "model" not in payload:
+    if not isinstance(payload, dict):
         return _Invalid("Request body must be a JSON object with a 'model' field")
+    if payload.get("model") is None:
+        return None
     if not isinstance(payload["model"], str):
         return _Invalid("'model' must be a string")
     return payload["model"]
