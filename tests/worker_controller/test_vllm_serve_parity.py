@@ -46,6 +46,13 @@ CALLS: list[tuple[str, str, str, Any]] = [
         "/v1/completions",
         {"model": NAME, "prompt": PROMPT, "stream": True, **GREEDY},
     ),
+    (
+        # The tiny tokenizer has no chat template: the same 400 on both.
+        "chat",
+        "POST",
+        "/v1/chat/completions",
+        {"model": NAME, "messages": [{"role": "user", "content": PROMPT}], **GREEDY},
+    ),
     ("tokenize", "POST", "/tokenize", {"model": NAME, "prompt": PROMPT}),
     ("detokenize", "POST", "/detokenize", {"model": NAME, "tokens": [5, 6, 7]}),
     ("unknown model", "POST", "/v1/completions", {"model": "nope", "prompt": "x"}),
