@@ -527,6 +527,44 @@ def vllm_cli() -> list[str]:
         return [sys.executable, str(HERE / "gpu_common.py"), "vllm-cli"]
 
 
+def bench_serve_cmd(
+    url: str,
+    model_path: Path,
+    served_name: str,
+    *,
+    num_prompts: int,
+    input_len: int,
+    output_len: int,
+    range_ratio: str,
+    seed: int,
+    concurrency: int,
+    warmups: int,
+    result_file: Path,
+    detailed: bool = False,
+) -> list[str]:
+    """Upstream's ``vllm bench serve``: random prompts, greedy, at most
+    ``concurrency`` in flight, every request sent at once; its result JSON
+    (per request with ``detailed``) goes to ``result_file``."""
+    return [
+        *vllm_cli(),
+        "bench",
+        "serve",
+        *("--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions"),
+        *("--model", str(model_path), "--served-model-name", served_name),
+        *("--tokenizer", str(model_path), "--dataset-name", "random"),
+        *("--num-prompts", str(num_prompts), "--random-input-len", str(input_len)),
+        *("--random-output-len", str(output_len)),
+        *("--random-range-ratio", range_ratio, "--seed", str(seed)),
+        *("--max-concurrency", str(concurrency), "--request-rate", "inf"),
+        *("--ignore-eos", "--temperature", "0", "--num-warmups", str(warmups)),
+        *("--percentile-metrics", "ttft,tpot,itl,e2el"),
+        *("--metric-percentiles", "50,90,99", "--disable-tqdm", "--save-result"),
+        *(("--save-detailed",) if detailed else ()),
+        *("--result-dir", str(result_file.parent)),
+        *("--result-filename", result_file.name),
+    ]
+
+
 def _run_vllm_cli(argv: list[str]) -> None:
     import runpy
 
