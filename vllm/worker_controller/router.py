@@ -62,9 +62,9 @@ _POOLING_PATHS = frozenset(
     {"/v1/embeddings", "/pooling", "/classify", "/score", "/v1/score"}
     | {"/rerank", "/v1/rerank", "/v2/rerank", "/v2/embed"}
 )
-_NON_MODEL_PATHS = frozenset({"/ping", "/invocations", "/scale_elastic_ep"})
+_NON_MODEL_PATHS = frozenset({"/invocations", "/scale_elastic_ep"})
 # Answered as `vllm serve` answers them: 200 with an empty body.
-_HEALTH_PATHS = {"/health": "GET", "/ping": "GET, POST"}
+_HEALTH_PATHS = {"/health": ("GET", "HEAD"), "/ping": ("GET", "HEAD", "POST")}
 # Longer names are no folder or catalog entry: answered as unknown.
 _MAX_NAME_LEN = 255
 # Automatic reloads of a failed model before it waits for an operator.
@@ -533,8 +533,8 @@ class ModelRouter:
         receive = _replay(body, receive)
         path, method = scope["path"], scope["method"]
         if path in _HEALTH_PATHS:
-            allow = _HEALTH_PATHS[path]
-            if method != "HEAD" and method not in allow.split(", "):
+            if method not in _HEALTH_PATHS[path]:
+                allow = ", ".join(_HEALTH_PATHS[path])
                 await _method_not_allowed(send, method, path, allow)
             else:
                 await send({"type": "http.response.start", "status": 200})

@@ -341,18 +341,13 @@ class PooledWorker(PooledProcessHandler):
         proc.rpc_broadcast_mq = proc.worker_response_mq = None
         self.state = "kept"
         logger.info("Worker %d keeps its engine for a swap", self.index)
-        start = time.perf_counter()
         if (path := self._next_weights) is not None:
             try:
                 self._reload_weights(path)
             except Exception as e:
                 logger.error("Loading %s into the kept engine failed: %s", path, e)
                 return self.unload_model()
-        return {
-            "kept": True,
-            "weights_s": time.perf_counter() - start,
-            "memory_bytes": memory_in_use(),
-        }
+        return {"kept": True, "memory_bytes": memory_in_use()}
 
     def _log_driver_memory(self, when: str) -> None:
         used = driver_memory_in_use(self.device_index)
