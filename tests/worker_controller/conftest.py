@@ -74,7 +74,9 @@ def loop() -> LoopThread:
 
 @pytest.fixture(scope="session")
 def controller() -> Iterator[WorkerController]:
-    with WorkerController(num_workers=POOL_WORKERS) as wc:
+    # With a host-RAM weight cache, as on GPU: most loads after the first
+    # of each checkpoint read their weights from it.
+    with WorkerController(num_workers=POOL_WORKERS, weight_cache_bytes=256 << 20) as wc:
         yield wc
 
 

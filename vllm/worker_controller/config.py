@@ -59,6 +59,9 @@ class ControllerSettings:
     park_memory_bytes: int = 0
     """Host RAM that parked models' weights may hold (pinned); a model that
     does not fit is unloaded instead of parked. 0: never park."""
+    weight_cache_bytes: int = 0
+    """Host RAM (shared memory) for copies of recently loaded checkpoints,
+    from which later loads and swaps of them copy at PCIe speed; 0: none."""
     log_stats: bool = False
     """Engine stats and Prometheus metrics for each loaded model."""
     env: dict[str, str] = field(default_factory=dict)

@@ -66,7 +66,9 @@ from vllm.worker_controller.pool import (
     ProcessPool,
     ProcessState,
 )
+from vllm.worker_controller.weight_cache import WeightCache
 from vllm.worker_controller.worker.compile_cache import engine_shape_key
+from vllm.worker_controller.worker.host_cache import route_through_host_cache
 
 logger = init_logger(__name__)
 
@@ -101,6 +103,9 @@ class LoadResult:
     a swap also has stop_previous (the engine it took over stopping)."""
     brought_up: str = "load"
     """``load`` (new engine) or ``swap`` (weights into a kept engine)."""
+    weights_load: dict[str, Any] | None = None
+    """Rank 0's weight copy: ``source`` (``disk`` or ``host_cache``),
+    ``bytes``, ``seconds``, ``gb_per_s``."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,7 @@ class _Model:
     engine_key: str | None = None
     brought_up: str = "load"
     """How its engine came up: ``load``, ``swap`` or ``unpark``."""
+    weights_load: dict[str, Any] | None = None
     asleep: bool = False
     """Parked: its device memory is unmapped (set until unpark starts)."""
     released: threading.Event = field(default_factory=threading.Event)
@@ -180,6 +186,19 @@ class WorkerController:
         self.engine_metrics = EngineMetrics()
         """vLLM's engine metrics, a registry per model (``log_stats``)."""
         self._zmq = zmq.Context()
+        self.weight_cache = (
+            WeightCache(
+                self.settings.weight_cache_bytes,
+                on_admit=lambda entry: self._tell_workers(
+                    "attach_cached_weights", entry=entry
+                ),
+                on_evict=lambda entry: self._tell_workers(
+                    "forget_cached_weights", entry=entry
+                ),
+            )
+            if self.settings.weight_cache_bytes > 0
+            else None
+        )
 
     def start(self) -> "WorkerController":
         self.pool.start()
@@ -267,10 +286,13 @@ class WorkerController:
             record.vllm_config = prepared.vllm_config
             record.engine_key = prepared.engine_key
             record.timings_s["config"] = prepared.config_s
+            cache_entry = self._route_weights(record)
             swap = swap_from is not None
             if swap_from is not None:
                 with self._phase(record, "stop_previous"):
-                    lease = self._take_engine(swap_from, prepared.engine_key, model)
+                    lease, record.weights_load = self._take_engine(
+                        swap_from, prepared.engine_key, model, cache_entry
+                    )
             record.brought_up = "swap" if swap else "load"
             self._load(record, lease, swap)
             with self._lock:
@@ -292,6 +314,9 @@ class WorkerController:
             with self._lock:
                 del self._models[name]
             raise
+        weights_load = record.weights_load or {}
+        if self.weight_cache is not None and weights_load.get("source") == "disk":
+            self.weight_cache.admit_in_background(model)
         # The config phase may have run before (prepare): it counts too.
         record.timings_s["total"] = (
             time.perf_counter() - start + (0.0 if prepared_here else prepared.config_s)
@@ -309,12 +334,36 @@ class WorkerController:
             engine_host_pid=record.host.pid,
             timings_s=dict(record.timings_s),
             brought_up=record.brought_up,
+            weights_load=record.weights_load,
         )
 
-    def _take_engine(self, name: str, engine_key: str | None, weights: str) -> Lease:
+    def _route_weights(self, record: _Model) -> str | None:
+        """Has the load read its weights through the host-cache loader
+        (from the cache, if it holds the checkpoint); returns the entry."""
+        assert record.vllm_config is not None
+        cache = self.weight_cache
+        entry = cache.lookup(record.model) if cache is not None else None
+        if not route_through_host_cache(record.vllm_config.load_config, entry):
+            return None
+        return entry
+
+    def _tell_workers(self, method: str, **kwargs: Any) -> None:
+        """Sends an inline call to every live worker, not waiting."""
+        for p in self.pool.processes():
+            if p.kind == ProcessKind.WORKER and not p.channel.lost:
+                p.channel.call_async(method, **kwargs)
+
+    def _take_engine(
+        self,
+        name: str,
+        engine_key: str | None,
+        weights: str,
+        cache_entry: str | None,
+    ) -> tuple[Lease, dict[str, Any] | None]:
         """Unloads the idle model ``name`` but keeps its engine, into which
-        the workers load ``weights``; returns its processes, whose workers
-        hold the engine. ``SwapUnavailableError``
+        the workers load ``weights`` (from host-cache ``cache_entry`` if
+        given); returns its processes, whose workers hold the engine, and
+        rank 0's weight-copy figures. ``SwapUnavailableError``
         if it is not an idle model of that shape (nothing changed) or its
         workers could not keep the engine (it is unloaded)."""
         with self._lock:
@@ -330,17 +379,17 @@ class WorkerController:
                 )
             record.state = ModelState.UNLOADING
         try:
-            lease = self._release(record, keep=True, weights=weights).kept
+            released = self._release(record, True, weights, cache_entry)
         finally:
             self.engine_metrics.drop(name)
             with self._lock:
                 del self._models[name]
-        if lease is None:
+        if released.kept is None:
             raise SwapUnavailableError(
                 f"Model {name!r} was unloaded but its engine could not be kept"
             )
         logger.info("Model %r unloaded, its engine kept for a swap", name)
-        return lease
+        return released.kept, (released.workers[0] or {}).get("weights_load")
 
     def _load(self, record: _Model, lease: Lease | None, swap: bool = False) -> None:
         timings = record.timings_s
@@ -383,6 +432,8 @@ class WorkerController:
                 swap,
             )
             record.weights_bytes = sum(r["weights_bytes"] for r in replies)
+            # A swap's weights were copied as its workers were released.
+            record.weights_load = replies[0]["weights_load"] or record.weights_load
         with self._phase(record, "engine_init"):
             phases = self._start_engine(record, [r["response_handle"] for r in replies])
         timings.update(phases)
@@ -523,12 +574,17 @@ class WorkerController:
         return UnloadResult(name, {"total": elapsed}, reports)
 
     def _release(
-        self, record: _Model, keep: bool = False, weights: str | None = None
+        self,
+        record: _Model,
+        keep: bool = False,
+        weights: str | None = None,
+        cache_entry: str | None = None,
     ) -> "_Released":
         """Stops the engine (if any) and gives every process back; with
         ``keep``, its workers keep the engine (and load ``weights`` into
-        it) and the processes stay leased (the lease is returned) if every
-        one of them could.
+        it, from host-cache ``cache_entry`` if given) and the processes
+        stay leased (the lease is returned, with the workers' reports) if
+        every one of them could.
 
         Once the engine has stopped, the workers unload (or load the next
         weights) while the engine host tears the engine down.
@@ -548,7 +604,7 @@ class WorkerController:
         if host is not None and host.serving is not None:
             host.channel.call_async("stop")
             host_clean = self.proxy.wait(host, host.serving) is not None
-        self.proxy.release_workers(record.workers, keep, weights)
+        self.proxy.release_workers(record.workers, keep, weights, cache_entry)
         self._close_client(record)
         if host_clean and host is not None and host.serving is not None:
             host_clean = self._retire_engine(host, record)
@@ -559,7 +615,7 @@ class WorkerController:
                 for p in (*record.workers, host):
                     p.serving = None  # its next load's, once it serves
                 record.released.set()
-                return _Released([], Lease(record.workers, host))
+                return _Released(released, Lease(record.workers, host))
             # A rank stopped mid-request or failed: no swap, a full unload.
             released = [
                 self.proxy.unload_kept(w) if (r or {}).get("kept") else r
@@ -871,6 +927,7 @@ class WorkerController:
                     "engine_host_pid": r.host.pid if r.host else None,
                     "brought_up": r.brought_up,
                     "timings_s": dict(r.timings_s),
+                    "weights_load": r.weights_load,
                     "max_model_len": (
                         r.vllm_config.model_config.max_model_len
                         if r.vllm_config is not None
@@ -914,6 +971,8 @@ class WorkerController:
             except WorkerControllerError as e:
                 logger.warning("Unloading %r at shutdown failed: %s", name, e)
         self.pool.shutdown()
+        if self.weight_cache is not None:
+            self.weight_cache.close()
         self._zmq.term()
 
     def state(self, name: str) -> ModelState | None:
@@ -933,7 +992,7 @@ class _Released:
     """What releasing a model's processes gave: the unload reports of its
     workers, or (when its engine was kept for a swap) their lease."""
 
-    workers: list[dict[str, Any]]
+    workers: list[dict[str, Any] | None]
     kept: Lease | None = None
 
 

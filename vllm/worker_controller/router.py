@@ -83,6 +83,8 @@ class CatalogEntry:
     allow_engine_args: frozenset[str] = frozenset()
     """Engine args beyond the allowlist that the management API may set
     for this entry (see ``access.py``)."""
+    preload: bool = False
+    """Copy its weights into the host-RAM weight cache at server start."""
 
 
 @dataclass

@@ -18,6 +18,7 @@ import faulthandler
 import json
 import math
 import secrets
+import shutil
 import signal
 from argparse import Namespace
 from collections.abc import Iterator
@@ -144,6 +145,15 @@ def make_parser() -> FlexibleArgumentParser:
         "half of host RAM where vLLM's sleep mode is available, i.e. CUDA; "
         "0 disables parking)",
     )
+    group.add_argument(
+        "--weight-cache-gb",
+        type=float,
+        default=None,
+        help="host RAM (GiB, in /dev/shm) for copies of recently loaded "
+        "checkpoints, shared by every worker: later loads and swaps of them "
+        "copy at PCIe speed (default on GPU: a quarter of host RAM, at most "
+        "half of /dev/shm's free space; on CPU: 0, i.e. none)",
+    )
     group = parser.add_argument_group("models and access")
     group.add_argument(
         "--allowed-model-dir",
@@ -163,7 +173,9 @@ def make_parser() -> FlexibleArgumentParser:
         type=Path,
         default=None,
         help="YAML: models: {NAME: {model: PATH, engine_args: {...}, "
-        "keep_alive: 10m, trust_remote_code: false}}; loaded on first request",
+        "keep_alive: 10m, trust_remote_code: false, preload: false}}; loaded "
+        "on first request (preload: its weights go to the weight cache at "
+        "start)",
     )
     group.add_argument(
         "--keep-alive",
@@ -193,6 +205,13 @@ def make_parser() -> FlexibleArgumentParser:
     )
     parser.set_defaults(host="127.0.0.1")
     return parser
+
+
+def default_weight_cache_gb() -> float:
+    """A quarter of host RAM, at most half of what /dev/shm has free
+    (containers often give it little)."""
+    shm_free = shutil.disk_usage("/dev/shm").free
+    return min(psutil.virtual_memory().total / 4, shm_free / 2) / 2**30
 
 
 def _positive_float(text: str) -> float:
@@ -258,6 +277,7 @@ def _catalog_entry(spec: Any) -> CatalogEntry:
         engine_args=engine_args,
         keep_alive_s=None if keep_alive is None else parse_duration(keep_alive),
         allow_engine_args=allowed,
+        preload=bool(spec.get("preload")),
     )
 
 
@@ -337,6 +357,9 @@ async def serve(
     if park_gb > 0 and sleep_mode:
         # Parking is vLLM's sleep mode, which must be on from the load.
         engine_args.setdefault("enable_sleep_mode", True)
+    cache_gb = args.weight_cache_gb
+    if cache_gb is None:
+        cache_gb = default_weight_cache_gb() if current_platform.is_cuda() else 0.0
     # The demo's own engine args (see demo_model.py), under the user's flags.
     start_args = {**demo_engine_args(), **engine_args} if demo else {}
     controller = WorkerController(
@@ -344,10 +367,15 @@ async def serve(
         num_engine_hosts=args.num_engine_hosts,
         devices=args.devices,
         park_memory_bytes=int(park_gb * 2**30),
+        weight_cache_bytes=int(cache_gb * 2**30),
         # vLLM's engine metrics on /metrics, as `vllm serve` has them.
         log_stats=not args.disable_log_stats,
     )
     await asyncio.to_thread(controller.start)
+    if controller.weight_cache is not None:
+        for entry in (catalog or {}).values():
+            if entry.preload:
+                controller.weight_cache.admit_in_background(entry.model)
     router = ModelRouter(
         controller,
         args,

@@ -163,12 +163,19 @@ class ProxyExecutor:
         workers: Sequence["PooledProcess"],
         keep: bool = False,
         weights: str | None = None,
+        cache_entry: str | None = None,
     ) -> None:
         """Ends the workers' busy loops: they unload, or (``keep``) keep
-        their engine and load ``weights`` into it."""
+        their engine and load ``weights`` into it (from host-cache
+        ``cache_entry`` if given)."""
         for w in workers:
             if w.serving is not None and not w.channel.lost:
-                w.channel.call_async("release", keep=keep, weights_path=weights)
+                w.channel.call_async(
+                    "release",
+                    keep=keep,
+                    weights_path=weights,
+                    cache_entry=cache_entry,
+                )
 
     def wait_released(
         self, workers: Sequence["PooledProcess"]

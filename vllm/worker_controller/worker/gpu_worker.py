@@ -42,6 +42,12 @@ from vllm.worker_controller.worker.compile_cache import (
     key_compile_cache_by_architecture,
 )
 from vllm.worker_controller.worker.cumem import install_pool_releasing_allocator
+from vllm.worker_controller.worker.host_cache import (
+    attached,
+    cache_entry_of,
+    route_through_host_cache,
+    take_weights_load,
+)
 from vllm.worker_controller.worker.model_runner import (
     cumem_pool_report,
     driver_memory_in_use,
@@ -177,7 +183,15 @@ def _cancellable(fn, sock: zmq.Socket, released: threading.Event) -> None:
 class PooledWorker(PooledProcessHandler):
     """Control-channel handler of a pooled worker process."""
 
-    INLINE_METHODS = frozenset({"describe", "health", "release"})
+    INLINE_METHODS = frozenset(
+        {
+            "describe",
+            "health",
+            "release",
+            "attach_cached_weights",
+            "forget_cached_weights",
+        }
+    )
 
     def __init__(self, index: int, device_index: int | None):
         self.index = index
@@ -189,9 +203,10 @@ class PooledWorker(PooledProcessHandler):
         self._released = threading.Event()
         self._keep = False
         """Whether the lease being released keeps its engine for a swap."""
-        self._next_weights: str | None = None
-        """The checkpoint a swap brings in, loaded as soon as the engine is
-        kept (while the engine host tears the old engine down)."""
+        self._next_weights: tuple[str, str | None] | None = None
+        """The checkpoint a swap brings in (and its host-cache entry),
+        loaded as soon as the engine is kept (while the engine host tears
+        the old engine down)."""
         self.loads = 0
 
     def describe(self) -> dict[str, Any]:
@@ -249,12 +264,27 @@ class PooledWorker(PooledProcessHandler):
         self.proc.worker = EngineBuildMemo(self.proc.worker)
         return self._loaded(start)
 
-    def _reload_weights(self, path: str) -> None:
+    def attach_cached_weights(self, entry: str) -> None:
+        """Maps (and pins) a host-cache entry the controller just filled,
+        in the background: pinning takes time, better spent before a load
+        needs the entry than during it."""
+        threading.Thread(
+            target=attached.get, args=(entry,), name="WCAttachWeights", daemon=True
+        ).start()
+
+    def forget_cached_weights(self, entry: str) -> None:
+        """Unmaps an entry the controller evicted (its memory is freed once
+        no process maps it)."""
+        attached.forget(entry)
+
+    def _reload_weights(self, path: str, cache_entry: str | None) -> None:
         """Loads a checkpoint into the kept model's parameters, in place
         (upstream's ``reload_weights``: layerwise, so processed and tied
-        weights end up where the captured graphs read them)."""
+        weights end up where the captured graphs read them), from the host
+        cache if ``cache_entry`` holds it."""
         assert self.proc is not None
         worker = self.proc.worker.wrapper.worker
+        route_through_host_cache(worker.vllm_config.load_config, cache_entry)
         with set_current_vllm_config(worker.vllm_config):
             worker.reload_weights(weights_path=path)
 
@@ -269,7 +299,10 @@ class PooledWorker(PooledProcessHandler):
         worker = proc.worker.wrapper.worker
         try:
             if worker.model_config.model != vllm_config.model_config.model:
-                self._reload_weights(vllm_config.model_config.model)
+                self._reload_weights(
+                    vllm_config.model_config.model,
+                    cache_entry_of(vllm_config.load_config),
+                )
             worker.model_config.served_model_name = (
                 vllm_config.model_config.served_model_name
             )
@@ -289,6 +322,7 @@ class PooledWorker(PooledProcessHandler):
         return {
             "response_handle": self.proc.worker_response_mq.export_handle(),
             "load_s": time.perf_counter() - start,
+            "weights_load": take_weights_load(),
             # What parking this model would pin in host memory.
             "weights_bytes": int(getattr(runner, "model_memory_usage", 0)),
         }
@@ -312,12 +346,20 @@ class PooledWorker(PooledProcessHandler):
             return self.keep_model()
         return self.unload_model()
 
-    def release(self, keep: bool = False, weights_path: str | None = None) -> None:
+    def release(
+        self,
+        keep: bool = False,
+        weights_path: str | None = None,
+        cache_entry: str | None = None,
+    ) -> None:
         """Ends the busy loop (or the ready barrier) of the current lease;
         ``keep``: keep the engine for a swap instead of unloading, and load
-        ``weights_path`` into it right away."""
+        ``weights_path`` into it right away (from host-cache entry
+        ``cache_entry`` if given)."""
         self._keep = keep
-        self._next_weights = weights_path
+        self._next_weights = (
+            None if weights_path is None else (weights_path, cache_entry)
+        )
         self._released.set()
         proc = self.proc
         if proc is not None and proc.rpc_broadcast_mq is not None:
@@ -341,13 +383,19 @@ class PooledWorker(PooledProcessHandler):
         proc.rpc_broadcast_mq = proc.worker_response_mq = None
         self.state = "kept"
         logger.info("Worker %d keeps its engine for a swap", self.index)
-        if (path := self._next_weights) is not None:
+        if (weights := self._next_weights) is not None:
             try:
-                self._reload_weights(path)
+                self._reload_weights(*weights)
             except Exception as e:
-                logger.error("Loading %s into the kept engine failed: %s", path, e)
+                logger.error(
+                    "Loading %s into the kept engine failed: %s", weights[0], e
+                )
                 return self.unload_model()
-        return {"kept": True, "memory_bytes": memory_in_use()}
+        return {
+            "kept": True,
+            "memory_bytes": memory_in_use(),
+            "weights_load": take_weights_load(),
+        }
 
     def _log_driver_memory(self, when: str) -> None:
         used = driver_memory_in_use(self.device_index)
