@@ -135,9 +135,9 @@ def build_management_app(router: ModelRouter, admin_token: str) -> ASGIApp:
         return JSONResponse({"name": name, "unloaded": True})
 
     @app.post("/v1/controller/models/{name}/park")
-    async def park(name: str) -> JSONResponse:
+    async def park(name: str, free_memory: bool = False) -> JSONResponse:
         try:
-            return JSONResponse(await router.park(name))
+            return JSONResponse(await router.park(name, keep_memory=not free_memory))
         except WorkerControllerError as e:
             return _controller_error(e)
 

@@ -48,6 +48,10 @@ logger = init_logger(__name__)
 _SLOT_STATES = frozenset(
     {ModelState.LOADING, ModelState.READY, ModelState.PARKING, ModelState.UNPARKING}
 )
+# Models whose eviction frees device memory: awake ones, and parked ones
+# that kept their memory (only models holding memory on the short devices
+# are chosen: see ``_victim``).
+_MEMORY_VICTIMS = frozenset({ModelState.READY, ModelState.PARKED})
 # How often a reservation that must wait looks again.
 _RETRY_S = 0.25
 
@@ -279,7 +283,7 @@ class Placement:
             self.pool.give_back(workers)
             return _Shortage(
                 f"device(s) {sorted(full)} lack {share:.0%} of memory free",
-                victims=frozenset({ModelState.READY}),
+                victims=_MEMORY_VICTIMS,
                 devices=frozenset(d for d in full if d is not None),
             )
         try:
@@ -299,7 +303,7 @@ class Placement:
         if full := {d for d in devices if not _fits(used, d, share)}:
             return _Shortage(
                 f"device(s) {sorted(full)} lack {share:.0%} of memory free",
-                victims=frozenset({ModelState.READY}),
+                victims=_MEMORY_VICTIMS,
                 devices=frozenset(full),
             )
         return Reservation(name, dict.fromkeys(devices, share))

@@ -249,6 +249,7 @@ class ModelRouter:
             "name": name,
             "model": model,
             "brought_up": loaded.brought_up,
+            "weights_load": loaded.weights_load,
             "timings_s": loaded.timings_s,
         }
 
@@ -384,13 +385,23 @@ class ModelRouter:
         except ModelNotFoundError:
             return []  # the controller's own call answers for it
 
-    async def park(self, name: str) -> dict:
+    async def _expire(self, name: str, unload: bool) -> None:
+        """Keep-alive's eviction: parks keeping the device memory (freed
+        only if placement needs it), else unloads."""
+        if not unload and self.controller.can_park(name):
+            await self.park(name, keep_memory=True)
+        else:
+            await self.remove(name, "was unloaded after its keep-alive")
+
+    async def park(self, name: str, keep_memory: bool = False) -> dict:
+        """Parks ``name``; ``keep_memory``: its device memory stays mapped
+        until another engine needs it (see ``WorkerController.park``)."""
         if pins := self.placement.pins(name):
             raise ParkingUnavailableError(
                 f"Model {name!r} has {pins} requests in flight"
             )
         async with self.placement.devices_exclusive(self._devices(name)):
-            timings = await self.controller.park(name)
+            timings = await self.controller.park(name, keep_memory)
         self.metrics.parks.inc()
         return {"name": name, "state": ModelState.PARKED.value, "timings_s": timings}
 
@@ -432,7 +443,7 @@ class ModelRouter:
                 ):
                     logger.info("Idle for %.0f s: %r makes room", keep_alive, name)
                     try:
-                        await self.placement.evict_idle(name, False, self._evict)
+                        await self.placement.evict_idle(name, False, self._expire)
                     except WorkerControllerError as e:
                         logger.warning("Expiring %r failed: %s", name, e)
 

@@ -142,9 +142,10 @@ class EngineHost(PooledProcessHandler):
         response_handles: list[Handle],
         worker_pids: list[int],
         log_stats: bool,
-    ) -> dict[str, float]:
+    ) -> dict[str, Any]:
         """Builds the EngineCore (handshake, profile, KV cache, warm-up);
-        returns the durations of the executor's load phases."""
+        returns the durations of the executor's load phases (``phases``)
+        and each rank's KV-cache budget (``available_memory``)."""
         assert self._broadcast_mq is not None, "start_engine before prepare"
         lease = WorkerLease(self._broadcast_mq, response_handles, worker_pids)
         self._broadcast_mq = None
@@ -168,7 +169,7 @@ class EngineHost(PooledProcessHandler):
         core = self.engine_core
         self._retiring = (core.output_queue, core.output_thread, threads)
         self.state = "serving"
-        return lease.phases_s
+        return {"phases": lease.phases_s, "available_memory": lease.available_memory}
 
     def serve(self) -> dict[str, Any]:
         """Runs the engine until it is unloaded or fails.

@@ -119,9 +119,11 @@ class ProxyExecutor:
         distributed_init_method: str,
         input_shm_handle: "Handle",
         swap: bool = False,
+        kv_budgets: Sequence[int] | None = None,
     ) -> list[dict[str, Any]]:
         """Builds upstream's Worker + model runner in place on every rank
-        (``swap``: copies the weights into the engine each rank kept).
+        (``swap``: copies the weights into the engine each rank kept;
+        ``kv_budgets``: per rank, a KV-cache budget measured before).
 
         Every rank that loads starts serving (its ``serving`` future is
         set), so a caller cleaning up after a failed peer can release it.
@@ -137,6 +139,7 @@ class ProxyExecutor:
                 input_shm_handle=input_shm_handle,
                 is_driver_worker=rank % tp_size == 0,
                 swap=swap,
+                kv_budget=None if kv_budgets is None else kv_budgets[rank],
             )
             for rank, w in enumerate(workers)
         ]

@@ -47,6 +47,8 @@ class WorkerLease:
     response_handles: list[Handle]
     worker_pids: list[int]
     phases_s: dict[str, float] = field(default_factory=dict)
+    available_memory: list[int] | None = None
+    """Per rank, the KV-cache budget the workers reported (or replayed)."""
     response_mqs: list[MessageQueue] = field(default_factory=list)
     """The executor's readers of the workers' answers, once it made them."""
 
@@ -97,6 +99,8 @@ class RemoteExecutor(MultiprocExecutor):
         start = time.perf_counter()
         result = super().collective_rpc(method, *args, **kwargs)
         self.lease.phases_s[phase] = time.perf_counter() - start
+        if method == "determine_available_memory":
+            self.lease.available_memory = list(result)
         return result
 
     def start_worker_monitor(self, inline: bool = False) -> None:

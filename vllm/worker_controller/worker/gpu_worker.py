@@ -124,10 +124,12 @@ class EngineBuildMemo:
     compiled model and the captured graphs are the ones already there.
     """
 
-    def __init__(self, wrapper: WorkerWrapperBase):
+    def __init__(self, wrapper: WorkerWrapperBase, kv_budget: int | None = None):
         self.wrapper = wrapper
         self.replay = False
-        self._available_memory: int | None = None
+        self._available_memory: int | None = kv_budget
+        """The KV-cache budget: measured, or the one an earlier engine of
+        this shape measured on this device (``kv_budget``)."""
         self._kv_cache_configs: list[Any] | None = None
         self._compilation_times: Any = None
 
@@ -135,8 +137,18 @@ class EngineBuildMemo:
         return getattr(self.wrapper, name)
 
     def determine_available_memory(self) -> int:
-        if not self.replay or self._available_memory is None:
+        """Upstream's profile, unless the budget is known. Skipping it on
+        GPU skips only the measurement: the first forward, which compiles
+        the model, then runs in the warm-up (which compiles and captures
+        anyway)."""
+        if self._available_memory is None:
             self._available_memory = self.wrapper.determine_available_memory()
+        elif not self.replay:
+            logger.info(
+                "Skipped memory profiling: KV-cache budget %.2f GiB, as measured "
+                "for an engine of this shape on this device before",
+                self._available_memory / 2**30,
+            )
         return self._available_memory
 
     def initialize_from_config(self, kv_cache_configs: list[Any]) -> None:
@@ -232,9 +244,12 @@ class PooledWorker(PooledProcessHandler):
         input_shm_handle: Handle,
         is_driver_worker: bool,
         swap: bool = False,
+        kv_budget: int | None = None,
     ) -> dict[str, Any]:
         """Builds Worker + runner, joins the engine's group, loads weights;
-        with ``swap``, copies the weights into the kept engine instead."""
+        with ``swap``, copies the weights into the kept engine instead.
+        ``kv_budget``: the KV-cache bytes an earlier engine of this shape
+        measured on this device, so that this one skips profiling."""
         self._released.clear()
         self._keep = False
         self.state = "loading"
@@ -261,7 +276,7 @@ class PooledWorker(PooledProcessHandler):
         except BaseException:
             self.unload_model()
             raise
-        self.proc.worker = EngineBuildMemo(self.proc.worker)
+        self.proc.worker = EngineBuildMemo(self.proc.worker, kv_budget)
         return self._loaded(start)
 
     def attach_cached_weights(self, entry: str) -> None:
