@@ -48,9 +48,18 @@ def server(tiny_models, tmp_path_factory):
         "--max-loaded-models=1",
         f"--api-key={API_KEY}",
         f"--admin-token={ADMIN}",
+        "--precompile",
     )
     yield url
     proc.kill()
+
+
+def test_catalog_precompiled_at_start(server):
+    """--precompile loaded the catalog's model once and unloaded it before
+    the start-up model (llama) was loaded."""
+    text = httpx.get(f"{server}/metrics").text
+    assert "vllm_wc_loads_total 2.0" in text
+    assert "vllm_wc_unloads_total 1.0" in text
 
 
 def test_api_key_required(server):

@@ -215,6 +215,29 @@ class ModelRouter:
         task.add_done_callback(lambda _: self._loading.pop(name, None))
         return await asyncio.shield(task)
 
+    async def precompile(self) -> None:
+        """Loads and unloads one catalog model of each engine shape
+        (``--precompile``), so that no first request waits for Dynamo and
+        Inductor: the compile caches, the measured KV-cache budget and the
+        weight cache are warm. A model that fails is logged and skipped."""
+        shapes: set[str] = set()
+        for name, entry in self.catalog.items():
+            args = {**self.engine_args, **entry.engine_args}
+            try:
+                prepared = await asyncio.to_thread(
+                    self.controller.prepare, entry.model, name, **args
+                )
+                if prepared.engine_key in shapes:
+                    continue
+                if prepared.engine_key is not None:
+                    shapes.add(prepared.engine_key)
+                logger.info("Precompiling %r", name)
+                await self.add(name, entry.model, entry.engine_args)
+            except WorkerControllerError as e:
+                logger.warning("Precompiling %r failed: %s", name, e)
+                continue
+            await self.remove(name, "was precompiled")
+
     async def _add(self, name: str, model: str, engine_args: dict[str, Any]) -> dict:
         state = self.controller.state(name)
         if state == ModelState.FAILED:

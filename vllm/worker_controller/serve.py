@@ -178,6 +178,12 @@ def make_parser() -> FlexibleArgumentParser:
         "start)",
     )
     group.add_argument(
+        "--precompile",
+        action="store_true",
+        help="at start, load and unload one catalog model of each engine "
+        "shape, so that no first request waits for torch.compile",
+    )
+    group.add_argument(
         "--keep-alive",
         default="5m",
         help="unload a model idle this long (e.g. 30s, 5m, 1h; 0: as soon as "
@@ -389,6 +395,8 @@ async def serve(
     )
     router.set_management(build_management_app(router, admin_token(args)))
     try:
+        if args.precompile:
+            await router.precompile()
         for model in models:
             name = Path(model).name if Path(model).exists() else model
             loaded = await router.add(name, model, start_args)
