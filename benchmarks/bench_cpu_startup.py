@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -39,30 +40,24 @@ from vllm.worker_controller import WorkerController  # noqa: E402
 from vllm.worker_controller.demo_model import ensure_demo_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_common import cpu_name, replace_section  # noqa: E402
+from gpu_common import (  # noqa: E402
+    HERE,
+    MAX_TOKENS,
+    PROMPT,
+    REPO,
+    cpu_name,
+    replace_section,
+    stock_llm_cmd,
+    stock_llm_lines,
+    summary,
+)
 
-HERE = Path(__file__).resolve().parent
-PROMPT = "Once upon a time, there was a little"
-MAX_TOKENS = 16
 
-
-def run_stock(model: str, engine_args: dict) -> dict:
+def run_stock(model: str, engine_args: dict[str, Any]) -> dict[str, Any]:
     launched = time.time()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(HERE / "stock_cold_start.py"),
-            model,
-            json.dumps(engine_args),
-            PROMPT,
-            str(MAX_TOKENS),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("STOCK_RESULT"))
-    r = json.loads(line.split(" ", 1)[1])
+    cmd = stock_llm_cmd(model, engine_args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    r = stock_llm_lines(proc.stdout, "STOCK_RESULT")[0]
     return {
         "total_s": r["first_output"] - launched,
         "phases_s": {
@@ -74,7 +69,7 @@ def run_stock(model: str, engine_args: dict) -> dict:
     }
 
 
-async def first_output(client) -> list[int]:
+async def first_output(client: Any) -> list[int]:
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
     final = None
     async for out in client.generate(PROMPT, params, request_id=str(time.time())):
@@ -86,8 +81,8 @@ def run_warm(
     controller: WorkerController,
     loop: asyncio.AbstractEventLoop,
     model: str,
-    engine_args: dict,
-) -> dict:
+    engine_args: dict[str, Any],
+) -> dict[str, Any]:
     start = time.perf_counter()
     loaded = controller.load(model, name="bench", **engine_args)
     ready = time.perf_counter()
@@ -106,18 +101,9 @@ def run_warm(
     }
 
 
-def summary(runs: list[float]) -> dict:
+def machine() -> dict[str, Any]:
     return {
-        "median_s": statistics.median(runs),
-        "min_s": min(runs),
-        "max_s": max(runs),
-    }
-
-
-def machine() -> dict:
-    cpu = cpu_name()
-    return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "memory_gib": round(
             os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -129,7 +115,10 @@ def machine() -> dict:
     }
 
 
-def write_markdown(path: Path, info: dict, records: list[dict], boot: dict) -> None:
+def write_markdown(doc: Path, path: Path, data: dict[str, Any]) -> None:
+    """The ``cpu-startup`` section of ``doc`` from the results file ``path``
+    (``data``: its contents)."""
+    info, records = data["machine"], data["records"]
     rows = []
     for r in records:
         phases = ", ".join(f"{k} {v:.2f}" for k, v in r["phases_median_s"].items())
@@ -139,14 +128,10 @@ def write_markdown(path: Path, info: dict, records: list[dict], boot: dict) -> N
             f"{' / '.join(f'{x:.2f}' for x in r['runs_s'])} | {phases} |"
         )
     runs = len(records[0]["runs_s"])
-    pool = f"{boot['pool_boot_s']:.1f} s ({boot['num_workers']} worker + engine host)"
+    pool = f"{data['pool_boot_s']:.1f} s ({data['num_workers']} worker + engine host)"
+    medians = {(r["model"], r["scenario"]): r["median_s"] for r in records}
     speedups = {
-        m: next(r for r in records if r["model"] == m and r["scenario"] == "stock_llm")[
-            "median_s"
-        ]
-        / next(r for r in records if r["model"] == m and r["scenario"] == "ctrl_load")[
-            "median_s"
-        ]
+        m: medians[m, "stock_llm"] / medians[m, "ctrl_load"]
         for m in {r["model"] for r in records}
     }
     text = f"""## CPU: stock cold start vs warm-pool load
@@ -177,13 +162,15 @@ a pooled worker pays that once per process, so the first warm load is
 slower than the following ones (see `runs s`). GPU figures are measured
 separately on an H100/H200 (issue #4).
 """
-    replace_section(HERE.parent / "docs" / "benchmarks.md", "cpu-startup", text)
+    replace_section(doc, "cpu-startup", text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--model", action="append", help="model path(s)")
+    parser.add_argument("--results-dir", type=Path, default=HERE / "results")
+    parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
     args = parser.parse_args()
     models = args.model or [str(ensure_demo_model())]
     engine_args = {"max_model_len": 512, "enforce_eager": True}
@@ -220,10 +207,11 @@ def main() -> None:
                         "runs": runs,
                     }
                 )
-    out = HERE / "results" / f"cpu-startup-{info['date']}.json"
-    out.write_text(json.dumps({"machine": info, **boot, "records": records}, indent=2))
-    write_markdown(out, info, records, boot)
-    print(f"wrote {out} and docs/benchmarks.md")
+    out = args.results_dir / f"cpu-startup-{info['date']}.json"
+    data = {"machine": info, **boot, "records": records}
+    out.write_text(json.dumps(data, indent=2))
+    write_markdown(args.doc, out, data)
+    print(f"wrote {out} and {args.doc}")
 
 
 if __name__ == "__main__":

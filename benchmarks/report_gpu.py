@@ -2,21 +2,24 @@
 """Renders the GPU benchmarks' JSON into ``docs/benchmarks.md`` and a plot.
 
 Runs on the development machine, from the files that ``bench_startup.py``
-and ``bench_parity.py`` wrote on the GPU machine (no vLLM, no GPU needed):
+and ``bench_parity.py`` wrote on the GPU machine (no vLLM, no GPU needed).
+The published sections come from::
 
-    python benchmarks/report_gpu.py                      # newest results
-    python benchmarks/report_gpu.py --startup A.json --parity B.json
+    python benchmarks/report_gpu.py \\
+        --startup benchmarks/results/startup-h200-2026-11-21.json \\
+                  benchmarks/results/startup-h200-2026-11-21-qwen.json \\
+        --parity benchmarks/results/parity-h200-2026-11-21.json
 
-Each result goes between its own marker comments (``gpu-startup``,
-``gpu-parity``) so that the rest of the page stays as it is. The phase plot
-is a PNG where matplotlib is installed, else an SVG drawn here (the
-development environment does not ship matplotlib).
+Startup files are merged, later runs of a model's scenario replacing
+earlier ones. Each result goes between its own marker comments
+(``gpu-startup``, ``gpu-parity``) so that the rest of the page stays as it
+is. The phase plot (``docs/img/startup-phases-<gpu>.png``) is redrawn where
+matplotlib is installed, else left as it is.
 """
 
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import re
 import sys
@@ -25,55 +28,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_common import HERE, REPO, SCENARIOS, replace_section  # noqa: E402
+from bench_startup import SCENARIOS  # noqa: E402
+from gpu_common import REPO, replace_section  # noqa: E402
 
-# Phases shown in the table, per scenario (medians; others stay in the JSON).
-# A controller load's phases, as its response and the client report them.
-CTRL_LOAD_PHASES = (
-    "weights",
-    "profile",
-    "kv_cache",
-    "compile_and_warm_up",
-    "engine_init",
-    "client",
-    "router_http",
-    "first_token",
-    "first_completion",
-)
-TABLE_PHASES = {
-    "stock_serve": (
-        "ready",
-        "model_loading",
-        "torch_compile",
-        "graph_capture",
-        "engine_init",
-        "first_token",
-        "first_completion",
-    ),
-    "stock_llm": (
-        "import",
-        "llm_init",
-        "model_loading",
-        "torch_compile",
-        "graph_capture",
-        "engine_init",
-        "first_output",
-    ),
-    "ctrl_new": (*CTRL_LOAD_PHASES, "unload_after"),
-    "ctrl_swap": ("stop_previous", *CTRL_LOAD_PHASES, "unload_after"),
-    "ctrl_new_arch": (*CTRL_LOAD_PHASES, "unload_after"),
-    "ctrl_reload": ("unload", *CTRL_LOAD_PHASES),
-    "ctrl_unpark": (
-        "park",
-        "first_token",
-        "first_completion",
-        "explicit_park",
-        "explicit_unpark",
-        "explicit_unpark_client",
-        "first_completion_after_unpark",
-    ),
-    "sleep_wake": ("sleep", "wake_up", "generate"),
-}
 # Plot segments: one category each, the same colour for every bar.
 CATEGORIES = (
     ("start-up & imports", "#9e9e9e"),
@@ -87,51 +44,39 @@ CATEGORIES = (
 
 def segments(record: dict[str, Any]) -> list[float]:
     """Median phases of a record, mapped onto ``CATEGORIES`` (seconds)."""
-    p = record.get("phases_s", {})
-    g = p.get
+    g = record.get("phases_s", {}).get
     seg = [0.0] * len(CATEGORIES)
-    sc = record["scenario"]
-    if sc in ("stock_serve", "stock_llm"):
-        init = g("ready", 0.0) if sc == "stock_serve" else g("llm_init", 0.0)
+    kind = SCENARIOS[record["scenario"]].kind
+    if kind == "stock":
+        init = g("ready", g("llm_init", 0.0))  # vllm serve's, LLM()'s
         model = g("model_loading", g("weights", 0.0))
         engine = g("engine_init", 0.0)
         seg[0] = max(init - model - engine, 0.0) + g("import", 0.0)
         seg[1] = model
         seg[2] = engine
         seg[5] = g("first_completion", g("first_output", 0.0))
-    elif sc in ("ctrl_new", "ctrl_swap", "ctrl_new_arch", "ctrl_reload"):
-        seg[1] = (
-            g("config", 0.0)
-            + g("stop_previous", 0.0)
-            + g("lease", 0.0)
-            + g("weights", 0.0)
-        )
+    elif kind == "load":
+        seg[1] = sum(g(k, 0.0) for k in ("config", "stop_previous", "lease", "weights"))
         seg[2] = g("engine_init", 0.0)
         seg[3] = g("client", 0.0) + max(g("router_http", 0.0), 0.0)
         seg[5] = g("first_completion", 0.0)
-    elif sc == "ctrl_unpark":
+    elif kind == "unpark":
         seg[4] = g("first_token", 0.0)
         seg[5] = g("first_completion", 0.0) - g("first_token", 0.0)
-    elif sc == "sleep_wake":
+    else:  # sleep
         seg[4] = g("wake_up", 0.0)
         seg[5] = g("generate", 0.0)
     return seg
 
 
 def error_summary(error: str) -> str:
-    """First and last line of an error (its kind; a log tail's cause)."""
+    """First line of an error (its kind) and the last line that names an
+    error (a log tail's cause)."""
     lines = [x.strip() for x in (error or "").strip().splitlines() if x.strip()]
     if not lines:
         return ""
-    # The cause: the last line that names an error, else the last line.
-    cause = next(
-        (
-            x
-            for x in reversed(lines[1:])
-            if re.search(r"[A-Za-z]+(Error|Exception)\b", x)
-        ),
-        lines[-1],
-    )
+    named = [x for x in lines[1:] if re.search(r"[A-Za-z]+(Error|Exception)\b", x)]
+    cause = named[-1] if named else lines[-1]
     text = lines[0] if len(lines) == 1 else f"{lines[0]} … {cause}"
     return text.replace("`", "'")[:400]
 
@@ -140,27 +85,7 @@ def fmt(x: Any, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def newest(pattern: str) -> list[Path]:
-    found = sorted(
-        (p for p in (HERE / "results").glob(pattern) if "-cpu-" not in p.name),
-        key=lambda p: p.stat().st_mtime,
-    )
-    return found[-1:]
-
-
 # ------------------------------------------------------------------ startup
-
-
-def all_startup_results() -> list[Path]:
-    """Every GPU startup results file, oldest run first (so that a later
-    re-run of a model's scenarios replaces the earlier records)."""
-
-    def started(path: Path) -> str:
-        invocations = json.loads(path.read_text())["metadata"].get("invocations")
-        return invocations[0]["started"] if invocations else ""
-
-    paths = (HERE / "results").glob("startup-*.json")
-    return sorted((p for p in paths if "-cpu-" not in p.name), key=started)
 
 
 def load_startup(paths: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -172,11 +97,45 @@ def load_startup(paths: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]
         meta = meta or data["metadata"]
         for r in data["records"]:
             records[(r["model"], r["scenario"])] = r
+    order = list(SCENARIOS)
     ordered = sorted(
-        records.values(),
-        key=lambda r: (r["model"], SCENARIOS.index(r["scenario"])),
+        records.values(), key=lambda r: (r["model"], order.index(r["scenario"]))
     )
     return meta, ordered
+
+
+def record_notes(r: dict[str, Any]) -> list[str]:
+    """The lines under the table about one record: skipped, failures,
+    compile-cache hits, sleep/wake outputs."""
+    name = f"{r['model']} {r['scenario']}"
+    notes = []
+    if r["status"] == "skipped":
+        notes.append(f"- {name}: skipped ({r['skip_reason']})")
+    seen: dict[str, int] = {}
+    for f in r.get("failures", []):
+        line = error_summary(f["error"])
+        seen[line] = seen.get(line, 0) + 1
+    for line, count in seen.items():
+        times = f" ({count} runs)" if count > 1 else ""
+        notes.append(f"- {name}: failed{times}: `{line}`")
+    runs = r.get("runs", [])
+    hits = [
+        x["phases_s"]["compile_cache_hit"]
+        for x in runs
+        if "compile_cache_hit" in x["phases_s"]
+    ]
+    if hits:
+        notes.append(
+            f"- {name}: compiled graphs loaded from vLLM's compile cache in "
+            f"{sum(hits)} of {len(hits)} runs"
+        )
+    if r["scenario"] == "sleep_wake" and runs:
+        same = sum(bool(x.get("same_output")) for x in runs)
+        notes.append(
+            f"- {name}: output after wake-up equal to the first in {same} of "
+            f"{len(runs)} cycles"
+        )
+    return notes
 
 
 def startup_markdown(
@@ -185,44 +144,16 @@ def startup_markdown(
     rows = []
     notes = []
     for r in records:
-        phases = ", ".join(
-            f"{k} {r['phases_s'][k]:.2f}"
-            for k in TABLE_PHASES[r["scenario"]]
-            if k in r.get("phases_s", {})
-        )
+        shown = SCENARIOS[r["scenario"]].phases
+        p = r.get("phases_s", {})
+        phases = ", ".join(f"{k} {p[k]:.2f}" for k in shown if k in p)
         runs = " / ".join(f"{x:.2f}" for x in r.get("runs_s", []))
         rows.append(
             f"| {r['scenario']} | {r['model']} | {r['status']} | "
             f"{fmt(r.get('median_s'))} | {fmt(r.get('min_s'))} | "
             f"{fmt(r.get('max_s'))} | {runs or '–'} | {phases or '–'} |"
         )
-        if r["status"] == "skipped":
-            notes.append(
-                f"- {r['model']} {r['scenario']}: skipped ({r['skip_reason']})"
-            )
-        seen: dict[str, int] = {}
-        for f in r.get("failures", []):
-            line = error_summary(f["error"])
-            seen[line] = seen.get(line, 0) + 1
-        for line, count in seen.items():
-            times = f" ({count} runs)" if count > 1 else ""
-            notes.append(f"- {r['model']} {r['scenario']}: failed{times}: `{line}`")
-        hits = [
-            x["phases_s"].get("compile_cache_hit")
-            for x in r.get("runs", [])
-            if "compile_cache_hit" in x.get("phases_s", {})
-        ]
-        if hits:
-            notes.append(
-                f"- {r['model']} {r['scenario']}: compiled graphs loaded from "
-                f"vLLM's compile cache in {sum(hits)} of {len(hits)} runs"
-            )
-        if r["scenario"] == "sleep_wake" and r.get("runs"):
-            same = sum(bool(x.get("same_output")) for x in r["runs"])
-            notes.append(
-                f"- {r['model']} sleep_wake: output after wake-up equal to the "
-                f"first in {same} of {len(r['runs'])} cycles"
-            )
+        notes += record_notes(r)
     speedups = []
     for model in sorted({r["model"] for r in records}):
         by = {r["scenario"]: r.get("median_s") for r in records if r["model"] == model}
@@ -230,8 +161,7 @@ def startup_markdown(
             parts = [
                 f"{ctrl} {by[stock] / by[ctrl]:.1f}x"
                 for ctrl in SCENARIOS
-                if ctrl.startswith("ctrl")
-                if by.get(stock) and by.get(ctrl)
+                if ctrl.startswith("ctrl") and by.get(stock) and by.get(ctrl)
             ]
             if parts:
                 speedups.append(f"- {model}, {stock} / " + ", ".join(parts))
@@ -305,29 +235,26 @@ once). Phases are medians, in seconds.
 Speed-up of the median time to first completion (stock / controller):
 {chr(10).join(speedups) or "- –"}
 
-{chr(10).join(notes) or ""}
+{chr(10).join(notes)}
 
 ![Start-up phases]({plot})
 """
 
 
-def draw_plot(records: list[dict[str, Any]], path: Path, title: str) -> Path:
-    """Stacked bars of the phase medians; PNG with matplotlib, else SVG."""
-    bars = [
-        (f"{r['model']} {r['scenario']}", segments(r), r.get("median_s"))
-        for r in records
-        if r.get("runs")
-    ]
+def draw_plot(records: list[dict[str, Any]], path: Path, title: str) -> bool:
+    """Stacked bars of the phase medians, as a PNG; False without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        path = path.with_suffix(".svg")
-        path.write_text(svg_plot(bars, title))
-        return path
-    path = path.with_suffix(".png")
+        return False
+    bars = [
+        (f"{r['model']} {r['scenario']}", segments(r), r.get("median_s"))
+        for r in records
+        if r.get("runs")
+    ]
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(bars) + 2.2))
     for i, (_, segs, total) in enumerate(bars):
         left = 0.0
@@ -343,62 +270,20 @@ def draw_plot(records: list[dict[str, Any]], path: Path, title: str) -> Path:
     ax.margins(x=0.08)
     fig.legend(fontsize=7, loc="lower center", ncol=3, frameon=False)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return path
-
-
-def svg_plot(bars: list[tuple[str, list[float], float | None]], title: str) -> str:
-    """The same stacked bars as plain SVG (linear scale)."""
-    label_w, plot_w, row_h, top = 230, 560, 22, 40
-    legend_h = 18 * len(CATEGORIES) + 10
-    height = top + row_h * len(bars) + 30 + legend_h
-    longest = max((sum(s) for _, s, _ in bars), default=1.0) or 1.0
-    scale = plot_w / longest
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + plot_w + 80}" '
-        f'height="{height}" font-family="sans-serif" font-size="11">',
-        '<rect width="100%" height="100%" fill="white"/>',
-        f'<text x="10" y="20" font-size="14">{html.escape(title)}</text>',
-    ]
-    for i, (name, segs, total) in enumerate(bars):
-        y = top + i * row_h
-        out.append(
-            f'<text x="{label_w - 6}" y="{y + 14}" text-anchor="end">'
-            f"{html.escape(name)}</text>"
-        )
-        x = float(label_w)
-        for (label, color), width in zip(CATEGORIES, segs, strict=True):
-            if width <= 0:
-                continue
-            out.append(
-                f'<rect x="{x:.1f}" y="{y + 3}" width="{width * scale:.1f}" '
-                f'height="{row_h - 6}" fill="{color}"><title>{html.escape(label)}: '
-                f"{width:.2f} s</title></rect>"
-            )
-            x += width * scale
-        if total is not None:
-            out.append(f'<text x="{x + 4:.1f}" y="{y + 14}">{total:.1f} s</text>')
-    y = top + row_h * len(bars) + 10
-    out.append(
-        f'<line x1="{label_w}" y1="{y}" x2="{label_w + plot_w}" y2="{y}" '
-        'stroke="black"/>'
-    )
-    out.append(
-        f'<text x="{label_w + plot_w}" y="{y + 14}" text-anchor="end">'
-        f"{longest:.1f} s (median phases, linear)</text>"
-    )
-    for j, (label, color) in enumerate(CATEGORIES):
-        ly = y + 30 + 18 * j
-        out.append(
-            f'<rect x="{label_w}" y="{ly - 10}" width="12" height="12" fill="{color}"/>'
-        )
-        out.append(f'<text x="{label_w + 18}" y="{ly}">{html.escape(label)}</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+    return True
 
 
 # ------------------------------------------------------------------- parity
+
+
+PARITY_HEADER = (
+    "| concurrency | server | completed | output tok/s | req/s "
+    "| TTFT p50 / p99 ms | ITL p50 / p99 ms | TPOT p50 ms | E2E p50 ms |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def parity_markdown(path: Path, data: dict[str, Any]) -> str:
@@ -419,11 +304,16 @@ def parity_markdown(path: Path, data: dict[str, Any]) -> str:
                 f"{fmt(m.get('p50_itl_ms'))} / {fmt(m.get('p99_itl_ms'))} | "
                 f"{fmt(m.get('p50_tpot_ms'))} | {fmt(m.get('p50_e2el_ms'), 0)} |"
             )
+    ratio_keys = (
+        "throughput_ratio",
+        "ttft_p50_ratio",
+        "itl_p50_ratio",
+        "itl_p99_ratio",
+    )
     ratio_rows = [
-        f"| {c} | {fmt(data.get('throughput_ratio', {}).get(str(c)), 3)} | "
-        f"{fmt(data.get('ttft_p50_ratio', {}).get(str(c)), 3)} | "
-        f"{fmt(data.get('itl_p50_ratio', {}).get(str(c)), 3)} | "
-        f"{fmt(data.get('itl_p99_ratio', {}).get(str(c)), 3)} |"
+        f"| {c} | "
+        + " | ".join(fmt(data.get(k, {}).get(str(c)), 3) for k in ratio_keys)
+        + " |"
         for c in s.get("concurrency", [])
     ]
     errors = [
@@ -438,11 +328,6 @@ def parity_markdown(path: Path, data: dict[str, Any]) -> str:
     )
     rr = s.get("range_ratio", {})
     il, ol = s.get("input_len", 0), s.get("output_len", 0)
-    header = (
-        "| concurrency | server | completed | output tok/s | req/s "
-        "| TTFT p50 / p99 ms | ITL p50 / p99 ms | TPOT p50 ms | E2E p50 ms |\n"
-        "|---|---|---|---|---|---|---|---|---|"
-    )
     prompts = (
         f"prompts of {int(il * (1 - rr.get('input', 0)))}–"
         f"{int(il * (1 + rr.get('input', 0)))} tokens, "
@@ -465,7 +350,7 @@ limit. Model: {s.get("model")} shape. Engine args on both sides:
 worker and `--park-memory-gb {park}` (0: no sleep mode, so its engine args
 equal stock's). Server start to ready: {servers or "–"}.
 
-{header}
+{PARITY_HEADER}
 {chr(10).join(rows)}
 
 Controller / stock (1.0 = parity; above 1 is better for throughput, worse
@@ -480,39 +365,25 @@ for latencies):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--startup", type=Path, nargs="*", default=None)
+    parser.add_argument("--startup", type=Path, nargs="*", default=[])
     parser.add_argument("--parity", type=Path, default=None)
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
-    parser.add_argument(
-        "--plot-dir", type=Path, default=None, help="default: next to --doc"
-    )
     args = parser.parse_args()
-    startup = args.startup if args.startup is not None else all_startup_results()
-    parity = [args.parity] if args.parity else newest("parity-*.json")
-    if startup:
-        meta, records = load_startup(startup)
-        plot_dir = args.plot_dir or args.doc.parent / "img"
-        plot_dir.mkdir(parents=True, exist_ok=True)
-        plot = draw_plot(
-            records,
-            plot_dir / f"startup-phases-{meta.get('gpu_slug', 'gpu')}",
-            f"Time to first completion, {meta.get('gpu')} (median phases)",
-        )
-        rel = (
-            plot.relative_to(args.doc.parent)
-            if plot.is_relative_to(args.doc.parent)
-            else plot
-        )
-        replace_section(
-            args.doc, "gpu-startup", startup_markdown(startup, meta, records, str(rel))
-        )
-        print(f"startup: {', '.join(map(str, startup))} -> {args.doc}, {plot}")
-    if parity:
-        data = json.loads(parity[0].read_text())
-        replace_section(args.doc, "gpu-parity", parity_markdown(parity[0], data))
-        print(f"parity: {parity[0]} -> {args.doc}")
-    if not startup and not parity:
-        sys.exit("no results found (benchmarks/results/startup-*.json, parity-*.json)")
+    if not args.startup and not args.parity:
+        parser.error("give --startup FILE... and/or --parity FILE")
+    if args.startup:
+        meta, records = load_startup(args.startup)
+        plot = Path("img") / f"startup-phases-{meta.get('gpu_slug', 'gpu')}.png"
+        title = f"Time to first completion, {meta.get('gpu')} (median phases)"
+        if not draw_plot(records, args.doc.parent / plot, title):
+            print(f"no matplotlib: {plot} left as it is")
+        text = startup_markdown(args.startup, meta, records, str(plot))
+        replace_section(args.doc, "gpu-startup", text)
+        print(f"startup: {', '.join(map(str, args.startup))} -> {args.doc}")
+    if args.parity:
+        data = json.loads(args.parity.read_text())
+        replace_section(args.doc, "gpu-parity", parity_markdown(args.parity, data))
+        print(f"parity: {args.parity} -> {args.doc}")
 
 
 if __name__ == "__main__":

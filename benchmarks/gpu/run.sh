@@ -10,86 +10,48 @@
 #   command 1: bash .gpurt/a/setup-runtime.sh a
 #   command 2: bash .gpurt/b/setup-runtime.sh b && bash benchmarks/gpu/run.sh check models
 #
-# Stages and their expected wall time on one H100/H200 (estimates, from
-# docs/benchmarks.md and shared/gpu/README.md: `vllm serve` of the 0.6B
-# shape ~35 s to the first completion with a warm compile cache, ~80 s
-# without; the 8B shape ~60-100 s; a first compile on a fresh machine
-# ~70 s more):
-#   check          GPU, versions, disk, memory                        ~0.5 min
-#   models         random-weight Qwen3-0.6B (1.2 GB) and Llama-3.1-8B (16 GB)
-#                  shapes ($SHAPES) with a trained BPE tokenizer; skipped
-#                  when present                                        ~1-2 min
-#   startup-qwen   bench_startup.py, Qwen3-0.6B shape, N=3, 7 scenarios:
-#                  controller boot + first load (first compile) ~1.2 min;
-#                  per repetition ~2.5 min (stock_serve ~40-60 s, stock_llm
-#                  ~25-30 s, ctrl_new ~12 s, ctrl_new_arch ~25 s: a new
-#                  config compiles, ctrl_reload ~10 s, ctrl_unpark ~3 s,
-#                  unloads, waits); sleep_wake ~1 min. ~10-11 min in all:
-#                  call 1 stops at its deadline, call 2 ends it (measured
-#                  2026-11-21 on an H200: 6.8 + 3 min)
-#   startup-llama  the same for the Llama-3.1-8B shape: boot ~2.5 min, per
-#                  repetition ~4.5-5 min, sleep_wake ~2 min: ~18-20 min, i.e.
-#                  3 calls. Without stock_llm and sleep_wake
-#                  (SCENARIOS=stock_serve,ctrl_new,ctrl_reload,ctrl_unpark)
-#                  ~13 min, 2 calls
-#   parity         bench_parity.py, Qwen3-0.6B shape: stock `vllm serve`,
-#                  then the controller; `vllm bench serve`, 200 prompts at
-#                  concurrency 1 (~80 s) and 32 (~10 s) on each side  ~5 min
-#   leak           gpu_lifecycle.py, $CYCLES (default 6) load / generate /
-#                  unload cycles of two small models, three times: without
-#                  sleep mode, with it, with it and eager; the worker's
-#                  driver-level memory after each unload       ~6-8 min
-#   drift          gpu_lifecycle.py, 20 cycles with parking (sleep mode
-#                  on), tokens against stock: the worker's driver-level
-#                  memory after each unload over 20 cycles  ~7.5 min (measured)
-#   unpark-kv      gpu_lifecycle.py, 2 park cycles of the Qwen3-0.6B shape
-#                  with a KV cache of 2, 8 and 32 GiB                 ~3 min
-#   tp2            gpu_lifecycle.py, $CYCLES cycles with tensor_parallel_size
-#                  2 (two pooled workers; needs 2 GPUs), tokens against stock
-#                  TP=2; on a fresh 2 x H200 ~8 min with CYCLES=2 (first
-#                  compiles at TP=2; measured 2026-11-21), ~5 min warm
-#   rel-churn      gpu_reliability.py --scenario churn: `vllm bench serve`
-#                  (1000 prompts, concurrency 32) to rel-a while side clients
-#                  and the management API churn rel-b / rel-c (copies of the
-#                  Qwen3-0.6B shape); two servers, each ~3.5-5 min (estimate):
-#                  --max-loaded-models 1 (3 workers), then 2 workers for 3
-#                  models. If the first leaves too little of $DEADLINE_S for
-#                  the second, exit 3: call rel-churn again (it resumes);
+# Stages (wall time on one H200; measured 2026-11-21 / 12-02 unless "est."):
+#   check          GPU, versions, disk, memory                          ~0.5 min
+#   models         random-weight models of $SHAPES (Qwen3-0.6B 1.2 GB,
+#                  Llama-3.1-8B 16 GB) with an offline tokenizer     ~1-2 min
+#   startup-qwen   bench_startup.py, Qwen3-0.6B shape, N=$RUNS, $SCENARIOS:
+#                  ~10-11 min, i.e. two calls (6.8 + 3 min)
+#   startup-llama  the same, Llama-3.1-8B shape: ~18-20 min (3 calls);
+#                  SCENARIOS=stock_serve,ctrl_new,ctrl_reload,ctrl_unpark
+#                  ~13 min (2 calls)
+#   parity         bench_parity.py, Qwen3-0.6B shape: `vllm bench serve`,
+#                  $PROMPTS prompts at concurrency 1 and 32 per side  ~5 min
+#   leak           gpu_lifecycle.py, $CYCLES (default 6) cycles of two small
+#                  models without sleep mode, with it, with it and eager ~6-8 min
+#   drift          gpu_lifecycle.py, 20 cycles with parking, stock tokens ~7.5 min
+#   unpark-kv      gpu_lifecycle.py, 2 park cycles with a 2, 8, 32 GiB KV cache ~3 min
+#   tp2            gpu_lifecycle.py, tensor_parallel_size 2 (needs 2 GPUs);
+#                  CYCLES=2 on a fresh 2 x H200 ~8 min
+#   rel-churn      gpu_reliability.py --scenario churn: two servers (max1,
+#                  fewworkers), ~3.5-5 min each (est.); called again, it resumes;
 #                  REL_ARGS="--churn-runs max1" runs one
-#   rel-kill       gpu_reliability.py --scenario kill: SIGKILL rel-a's pooled
-#                  worker, then its engine host, while the bench streams to
-#                  it; in-flight answers, reload, rel-b's errors, pool refill
-#                                                  ~5-7 min (estimate), 1 call
-#   rel-cold3      gpu_reliability.py --scenario cold3: 200 concurrent requests
-#                  over three models not yet loaded (3 workers, one GPU,
-#                  --gpu-memory-utilization 0.25); on a fresh H200 3.9 min
-#                  (server 54 s, last answer 161 s: the three loads run one
-#                  after another, the first compiles; stop 18 s; measured
-#                  2026-12-02), ~2.5 min with a warm compile cache
-#                  (the rel-* stages need the models stage's qwen3-0.6b only:
-#                  SHAPES=qwen3-0.6b; a stage that stops at its deadline
-#                  resumes with the runs it has not done when called again)
-#   results        copy every result JSON and the logs to $OUT        ~0.1 min
-# Everything: ~40 min of device time. In ~25 min: check+models (Qwen only),
-# startup-qwen twice, parity (~20 min), then startup-llama as far as it gets.
-# A stage that reaches its deadline ($DEADLINE_S, default 510 s of
-# benchmark time) stops before the next run, writes what it has and exits 3
-# ("NOT DONE"): call the same stage again to continue. Exit 0: done.
+#   rel-kill       gpu_reliability.py --scenario kill: SIGKILL of rel-a's worker,
+#                  then of its engine host, under load    ~5-7 min (est.)
+#   rel-cold3      gpu_reliability.py --scenario cold3: 200 requests over three
+#                  models not loaded yet; 3.9 min on a fresh H200
+#                  (rel-*: the models stage's qwen3-0.6b only: SHAPES=qwen3-0.6b)
+#   results        copy every result JSON and the logs to $OUT
+#   smoke, rel-smoke  CPU development machine only: the startup and parity
+#                  benchmarks, then the reliability scenarios, on a tiny model
+# A stage that reaches its deadline ($DEADLINE_S, default 510 s) stops before
+# the next run, writes what it has and exits 3 ("NOT DONE"): call it again to
+# continue. Every stage copies the result JSONs into $OUT (what the device
+# tool returns) as it goes, plus $OUT/STAGE.log and $OUT/logs-STAGE.tgz.
 #
-# Every stage copies the result JSONs into $OUT (what the device tool
-# returns; at most 8 files) as it goes, plus $OUT/STAGE.log and, at the end,
-# $OUT/logs-STAGE.tgz (server logs).
-#
-# Environment: BENCH_DIR, CYCLES, DEADLINE_S, RUNS (default 3), PARK_GB (the
-# controller's --park-memory-gb, default 48: the controller's own default,
-# half of MemTotal, can read low on a machine whose memory grows on use),
-# PYTHON (default python3), PROMPTS (parity, default 200), SCENARIOS
-# (startup stages; default all six, comma-separated), SHAPES (models stage;
-# default qwen3-0.6b,llama-3.1-8b), ENGINE_ARGS (JSON of EngineArgs fields
-# for every side; default max_model_len 4096 and `vllm serve`'s H100 batch
-# defaults, see gpu_common.DEFAULT_ENGINE_ARGS; the rel-* stages' default
-# is the same plus dtype bfloat16), REL_ARGS (rel-* stages: more gpu_reliability.py flags, e.g.
-# "--churn-runs max1" or "--num-prompts 2000").
+# Environment: BENCH_DIR (default /tmp/bench), CYCLES, DEADLINE_S, RUNS
+# (default 3), PARK_GB (the controller's --park-memory-gb, default 48: the
+# controller's own default, half of MemTotal, can read low on a machine whose
+# memory grows on use), PYTHON (default python3), PROMPTS (parity, default
+# 200), SCENARIOS (startup stages, comma-separated; default all), SHAPES
+# (models stage; default qwen3-0.6b,llama-3.1-8b), ENGINE_ARGS (JSON of
+# EngineArgs fields for every side; default gpu_common.DEFAULT_ENGINE_ARGS,
+# plus dtype bfloat16 for rel-*), REL_ARGS (more gpu_reliability.py flags,
+# e.g. "--churn-runs max1" or "--num-prompts 2000").
 set -uo pipefail
 [ $# -ge 1 ] || { awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' "$0"; exit 2; }
 
@@ -163,13 +125,10 @@ run_stage() {
             --shapes "$SHAPES" || rc=$?
         du -sh "$BENCH"/models/* 2>/dev/null
         ;;
-    startup-qwen)
-        bench benchmarks/bench_startup.py --models qwen3-0.6b --runs "$RUNS" \
-            --scenarios "$SCENARIOS" --park-memory-gb "$PARK_GB" ${ENGINE[@]+"${ENGINE[@]}"} || rc=$?
-        collect "$stage"
-        ;;
-    startup-llama)
-        bench benchmarks/bench_startup.py --models llama-3.1-8b --runs "$RUNS" \
+    startup-qwen | startup-llama)
+        local model=qwen3-0.6b
+        [ "$stage" = startup-llama ] && model=llama-3.1-8b
+        bench benchmarks/bench_startup.py --models "$model" --runs "$RUNS" \
             --scenarios "$SCENARIOS" --park-memory-gb "$PARK_GB" ${ENGINE[@]+"${ENGINE[@]}"} || rc=$?
         collect "$stage"
         ;;

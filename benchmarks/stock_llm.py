@@ -1,0 +1,68 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Stock vLLM in a fresh process, as a user pays it: import, ``LLM(...)``,
+first output; then, with ``SLEEP_CYCLES`` > 0, stock's own answer to
+switching models (the anchor of parking): sleep mode, in one process,
+``llm.sleep(level=1)`` (weights to host RAM, KV cache dropped),
+``llm.wake_up()`` and the next greedy output, that many times.
+
+Usage: ``stock_llm.py MODEL ENGINE_ARGS_JSON PROMPT MAX_TOKENS SLEEP_CYCLES``
+(PROMPT: text, or a JSON list of token ids). Prints ``STOCK_RESULT {json}``
+with wall-clock timestamps (``time.time()``, so that the parent measures
+from the moment it launched this process) and the output's token ids, then
+one ``SLEEP_WAKE {json}`` line per cycle as it goes (the parent keeps what
+it got if the process is cut short).
+"""
+
+import json
+import sys
+import time
+
+
+def emit(kind: str, **values: object) -> None:
+    print(f"{kind} {json.dumps(values)}", flush=True)
+
+
+if __name__ == "__main__":
+    model, engine_args, prompt_arg = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    max_tokens, cycles = int(sys.argv[4]), int(sys.argv[5])
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    imported = time.time()
+    if cycles:
+        engine_args["enable_sleep_mode"] = True
+    llm = LLM(model=model, **engine_args)
+    ready = time.time()
+    prompt = prompt_arg
+    if prompt_arg.startswith("["):
+        prompt = TokensPrompt(prompt_token_ids=json.loads(prompt_arg))
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+
+    def generate() -> list[int]:
+        out = llm.generate([prompt], params, use_tqdm=False)[0]
+        return list(out.outputs[0].token_ids)
+
+    first = generate()
+    emit(
+        "STOCK_RESULT",
+        imported=imported,
+        ready=ready,
+        first_output=time.time(),
+        token_ids=first,
+    )
+    for i in range(cycles):
+        t0 = time.perf_counter()
+        llm.sleep(level=1)
+        t1 = time.perf_counter()
+        llm.wake_up()
+        t2 = time.perf_counter()
+        same = generate() == first
+        t3 = time.perf_counter()
+        emit(
+            "SLEEP_WAKE",
+            cycle=i,
+            sleep_s=t1 - t0,
+            wake_up_s=t2 - t1,
+            generate_s=t3 - t2,
+            same_output=same,
+        )
