@@ -62,6 +62,8 @@ class ControllerSettings:
     weight_cache_bytes: int = 0
     """Host RAM (shared memory) for copies of recently loaded checkpoints,
     from which later loads and swaps of them copy at PCIe speed; 0: none."""
+    weight_cache_dir: str = "/dev/shm"
+    """Where the copies go: a tmpfs (else they live in the page cache)."""
     log_stats: bool = False
     """Engine stats and Prometheus metrics for each loaded model."""
     env: dict[str, str] = field(default_factory=dict)

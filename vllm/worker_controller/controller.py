@@ -198,6 +198,7 @@ class WorkerController:
                 on_evict=lambda entry: self._tell_workers(
                     "forget_cached_weights", entry=entry
                 ),
+                root=self.settings.weight_cache_dir,
             )
             if self.settings.weight_cache_bytes > 0
             else None

@@ -152,6 +152,16 @@ def build_management_app(router: ModelRouter, admin_token: str) -> ASGIApp:
     async def models() -> JSONResponse:
         return JSONResponse(controller.list_models())
 
+    @app.get("/v1/controller/weight-cache")
+    async def weight_cache() -> JSONResponse:
+        cache = controller.weight_cache
+        return JSONResponse(
+            {
+                "budget_bytes": 0 if cache is None else cache.budget_bytes,
+                "entries": [] if cache is None else cache.entries(),
+            }
+        )
+
     @app.get("/v1/controller/workers")
     async def workers() -> JSONResponse:
         workers = await asyncio.to_thread(controller.list_workers, True)

@@ -154,6 +154,13 @@ def make_parser() -> FlexibleArgumentParser:
         "copy at PCIe speed (default on GPU: a quarter of host RAM, at most "
         "half of /dev/shm's free space; on CPU: 0, i.e. none)",
     )
+    group.add_argument(
+        "--weight-cache-dir",
+        default="/dev/shm",
+        help="where the weight cache's copies go: a tmpfs, so that they stay "
+        "in RAM (a disk directory works too: the copies then live in the "
+        "page cache)",
+    )
     group = parser.add_argument_group("models and access")
     group.add_argument(
         "--allowed-model-dir",
@@ -213,10 +220,10 @@ def make_parser() -> FlexibleArgumentParser:
     return parser
 
 
-def default_weight_cache_gb() -> float:
-    """A quarter of host RAM, at most half of what /dev/shm has free
-    (containers often give it little)."""
-    shm_free = shutil.disk_usage("/dev/shm").free
+def default_weight_cache_gb(args: Namespace) -> float:
+    """A quarter of host RAM, at most half of what the cache's directory
+    has free (containers often give /dev/shm little)."""
+    shm_free = shutil.disk_usage(args.weight_cache_dir).free
     return min(psutil.virtual_memory().total / 4, shm_free / 2) / 2**30
 
 
@@ -365,7 +372,7 @@ async def serve(
         engine_args.setdefault("enable_sleep_mode", True)
     cache_gb = args.weight_cache_gb
     if cache_gb is None:
-        cache_gb = default_weight_cache_gb() if current_platform.is_cuda() else 0.0
+        cache_gb = default_weight_cache_gb(args) if current_platform.is_cuda() else 0.0
     # The demo's own engine args (see demo_model.py), under the user's flags.
     start_args = {**demo_engine_args(), **engine_args} if demo else {}
     controller = WorkerController(
@@ -374,6 +381,7 @@ async def serve(
         devices=args.devices,
         park_memory_bytes=int(park_gb * 2**30),
         weight_cache_bytes=int(cache_gb * 2**30),
+        weight_cache_dir=args.weight_cache_dir,
         # vLLM's engine metrics on /metrics, as `vllm serve` has them.
         log_stats=not args.disable_log_stats,
     )
