@@ -131,6 +131,17 @@ class Ctrl(Server):
         resp = self.api("POST", f"/v1/controller/models/{name}/{action}")
         return time.perf_counter() - start, resp or {}
 
+    def wait_cached(self, path: Path, timeout: float = 300.0) -> float:
+        """Waits until the weight cache holds ``path`` (it copies a
+        checkpoint in the background after its first load from disk)."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            cache = self.api("GET", "/v1/controller/weight-cache")
+            if str(path.resolve()) in {e["model"] for e in cache["entries"]}:
+                return time.monotonic() - start
+            time.sleep(0.2)
+        raise RuntimeError(f"{path} did not reach the weight cache")
+
     def wait_settled(self, timeout: float = 120.0) -> float:
         """Waits until no pooled process is booting (a parked model's
         processes are replaced after its unload): a process starting or
@@ -355,7 +366,47 @@ class Bench:
                 f"not a swap: {clip(json.dumps(resp))}"
             )
         run["tokens_equal_normal_load"] = c["token_ids"] == references[model]
+        run["weights_load"] = resp.get("weights_load")
+        # ctrl_swap_cached swaps this copy in again, from the weight cache.
+        self.state.setdefault("swap_copy", {})[model] = str(other.parent / run["copy"])
+        self.results.save()
         return {**run, "unloaded_before": unloaded}
+
+    def ctrl_swap_cached(self, model: str, base: Path) -> dict[str, Any]:
+        """ctrl_swap's new checkpoint, swapped in again: the weight cache took
+        it in after ctrl_swap read it from disk."""
+        ctrl = self.require_ctrl()
+        copy = self.state.get("swap_copy", {}).get(model)
+        if copy is None:
+            raise RuntimeError("ctrl_swap_cached needs a ctrl_swap run before it")
+        copy_path = Path(copy)
+        cached_after_s = ctrl.wait_cached(copy_path)
+        unloaded = ctrl.unload_all()
+        ctrl.load(base, model)  # the engine to swap into, served and idle
+        stream_completion(ctrl.url, model)
+        post_s, resp = ctrl.load(copy_path, copy_path.name)
+        source = (resp.get("weights_load") or {}).get("source")
+        if resp.get("brought_up") != "swap" or source != "host_cache":
+            raise RuntimeError(
+                f"{copy_path.name!r}: brought up by {resp.get('brought_up')!r}, "
+                f"weights from {source!r}: {clip(json.dumps(resp))}"
+            )
+        c = stream_completion(ctrl.url, copy_path.name)
+        references = self.state.get("swap_reference_token_ids", {})
+        return {
+            "total_s": post_s + c["completion_s"],
+            "phases_s": {
+                **load_phases(post_s, resp),
+                "first_token": c["first_token_s"],
+                "first_completion": c["completion_s"],
+                "unload_after": ctrl.unload(copy_path.name),
+            },
+            "copy": copy_path.name,
+            "weights_load": resp.get("weights_load"),
+            "tokens_equal_normal_load": c["token_ids"] == references.get(model),
+            "cache_wait_s": cached_after_s,
+            "unloaded_before": unloaded,
+        }
 
     def ctrl_reload(self, model: str, base: Path) -> dict[str, Any]:
         ctrl = self.require_ctrl()
@@ -393,7 +444,8 @@ class Bench:
             raise RuntimeError(f"after park, {model!r} is {state!r}: {parked}")
         c = stream_completion(ctrl.url, model)
         state_after = ctrl.models().get(model)
-        _, parked2 = ctrl.park(model)
+        # Parked again, its memory freed now: the unpark maps it again.
+        _, parked2 = ctrl.park(model, "park?free_memory=true")
         unpark_client, unparked = ctrl.park(model, "unpark")
         c2 = stream_completion(ctrl.url, model)
         phases = {
@@ -465,6 +517,7 @@ class Bench:
         flags += ["--max-loaded-models", "1"]
         if self.results.on_gpu and args.park_memory_gb is not None:
             flags += ["--park-memory-gb", str(args.park_memory_gb)]
+        flags += ["--weight-cache-gb", str(args.weight_cache_gb)]
         ctrl = Ctrl.controller(flags, args.engine_args)
         info: dict[str, Any] = {"model": model}
         self.invocation["ctrl_servers"].append(info)
@@ -699,6 +752,15 @@ SCENARIOS: dict[str, Scenario] = {
         (60, 120),
         ("stop_previous", *LOAD, "unload_after"),
     ),
+    "ctrl_swap_cached": Scenario(
+        Bench.ctrl_swap_cached,
+        "load",
+        "POST /v1/controller/models of ctrl_swap's checkpoint again, into the "
+        "idle base model's engine, its weights from the host-RAM weight cache "
+        "→ first completion answered",
+        (30, 60),
+        ("stop_previous", *LOAD, "unload_after"),
+    ),
     "ctrl_new_arch": Scenario(
         Bench.ctrl_new_arch,
         "load",
@@ -718,8 +780,9 @@ SCENARIOS: dict[str, Scenario] = {
     "ctrl_unpark": Scenario(
         Bench.ctrl_unpark,
         "unpark",
-        "completion request to a parked model (unparked on demand) → answered; "
-        "explicit /unpark timed separately",
+        "completion request to a parked model (parked keeping its device "
+        "memory, unparked on demand) → answered; explicit /unpark after a "
+        "park?free_memory=true timed separately",
         (25, 60),
         ("park", "first_token", "first_completion", "explicit_park")
         + (
@@ -752,6 +815,13 @@ def main() -> None:
         type=float,
         default=None,
         help="passed to the controller on a GPU (default: the controller's own)",
+    )
+    parser.add_argument(
+        "--weight-cache-gb",
+        type=float,
+        default=48.0,
+        help="the controller's host-RAM weight cache: room for the base "
+        "model, ctrl_swap's checkpoint and one ctrl_new copy of the 8B shape",
     )
     add_common_args(parser)
     args = parser.parse_args()
