@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vllm.device_allocator.cumem import CuMemAllocator
-from vllm.worker_controller.worker import cumem
+from vllm.worker_controller.compat import cumem
 
 SEGMENT = 20 << 20
 

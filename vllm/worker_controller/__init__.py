@@ -8,6 +8,9 @@ this package and should not pay for the controller's front-end imports.
 
 from typing import TYPE_CHECKING, Any
 
+# Refuses, at import, a vLLM release the seam was not checked against.
+from vllm.worker_controller import compat  # noqa: F401
+
 if TYPE_CHECKING:
     from vllm.worker_controller.config import ControllerSettings
     from vllm.worker_controller.controller import (

@@ -19,31 +19,34 @@ the new checkpoint's weights are copied in.
 import signal
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-import msgspec
 import zmq
 
 from vllm.config import VllmConfig
 from vllm.logger import init_logger
-from vllm.utils.async_utils import cancel_task_threadsafe
-from vllm.utils.network_utils import (
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.worker_controller.compat.engine import (
+    EngineZmqAddresses,
+    cancel_task_threadsafe,
+)
+from vllm.worker_controller.compat.executor import (
     get_distributed_init_method,
     get_loopback_ip,
     get_open_port,
-    get_open_zmq_ipc_path,
-    make_zmq_socket,
 )
-from vllm.v1.engine.async_llm import AsyncLLM
-from vllm.v1.engine.core import EngineCoreProc
-from vllm.v1.engine.utils import EngineHandshakeMetadata, EngineZmqAddresses
 from vllm.worker_controller.config import ControllerSettings, build_engine_config
+from vllm.worker_controller.device_memory import claimed, fits
+from vllm.worker_controller.engine_handshake import (
+    EngineHandshake,
+    new_engine_addresses,
+    notify_engine_dead,
+)
 from vllm.worker_controller.engine_metrics import EngineMetrics
 from vllm.worker_controller.errors import (
     InsufficientWorkersError,
@@ -402,11 +405,12 @@ class WorkerController:
         world_size = config.parallel_config.world_size
         with self._phase(record, "lease"):
             if lease is None:
-                fits = self._fits(record.gpu_memory_utilization)
+                used = claimed(self.device_claims().values())
+                share = record.gpu_memory_utilization
                 workers = self.pool.lease(
                     ProcessKind.WORKER,
                     world_size,
-                    prefer=lambda p: fits(p.device_index),
+                    prefer=lambda p: fits(used, p.device_index, share),
                 )
                 try:
                     (host,) = self.pool.lease(ProcessKind.ENGINE_HOST, 1)
@@ -512,55 +516,31 @@ class WorkerController:
         return (record.engine_key, devices)
 
     def _start_engine(self, record: _Model, response_handles: list) -> dict:
-        """Starts EngineCore on the host and answers its handshake.
-
-        Plays the front end's part of upstream's ``launch_core_engines``:
-        HELLO -> addresses -> (engine builds itself) -> READY.
-        """
+        """Starts EngineCore on the host and answers its handshake
+        (``engine_handshake``)."""
         assert record.host is not None and record.vllm_config is not None
-        base = get_open_zmq_ipc_path()
-        addresses = EngineZmqAddresses(inputs=[f"{base}-in"], outputs=[f"{base}-out"])
-        record.addresses = addresses
-        handshake_address = get_open_zmq_ipc_path()
-        sock = make_zmq_socket(self._zmq, handshake_address, zmq.ROUTER, bind=True)
+        record.addresses = new_engine_addresses()
+        handshake = EngineHandshake(self._zmq, record.addresses)
         started: Future = Future()
         try:
             started = record.engine_start = record.host.channel.call_async(
                 "start_engine",
                 vllm_config=record.vllm_config,
-                handshake_address=handshake_address,
+                handshake_address=handshake.address,
                 response_handles=response_handles,
                 worker_pids=[w.pid for w in record.workers],
                 log_stats=self.settings.log_stats,
             )
-            self._answer_handshake(sock, addresses, started)
+            handshake.answer(started, self.settings.load_timeout_s)
             result = started.result(self.settings.load_timeout_s)
         except BaseException:
             if not started.done():
                 self.pool.recycle(record.host, "engine start did not finish")
             raise
         finally:
-            sock.close(linger=0)
+            handshake.close()
         record.host.serving = record.host.channel.call_async("serve")
         return result
-
-    def _answer_handshake(
-        self, sock: zmq.Socket, addresses: EngineZmqAddresses, started: Future
-    ) -> None:
-        deadline = time.monotonic() + self.settings.load_timeout_s
-        while time.monotonic() < deadline:
-            if started.done() and started.exception() is not None:
-                raise started.exception()  # type: ignore[misc]
-            if not sock.poll(200):
-                continue
-            identity, payload = sock.recv_multipart()
-            status = msgspec.msgpack.decode(payload)["status"]
-            if status == "HELLO":
-                init = EngineHandshakeMetadata(addresses=addresses, parallel_config={})
-                sock.send_multipart((identity, msgspec.msgpack.encode(init)))
-            elif status == "READY":
-                return
-        raise TimeoutError("engine did not become ready in time")
 
     # ---------------------------------------------------------------- unload
 
@@ -865,26 +845,6 @@ class WorkerController:
         with self._lock:
             return [w.device_index for w in self._get(name).workers]
 
-    def _fits(self, gpu_memory_utilization: float) -> Callable[[int | None], bool]:
-        """A test of whether a device has this share of memory unclaimed by
-        awake engines (always true without devices, i.e. on CPU)."""
-        claimed: dict[int, float] = defaultdict(float)
-        with self._lock:
-            for r in self._models.values():
-                if r.asleep or r.vllm_config is None or r.released.is_set():
-                    continue
-                for w in r.workers:
-                    if w.device_index is not None:
-                        claimed[w.device_index] += r.gpu_memory_utilization
-
-        def fits(device_index: int | None) -> bool:
-            return (
-                device_index is None
-                or claimed[device_index] + gpu_memory_utilization <= 1.0
-            )
-
-        return fits
-
     # -------------------------------------------------------------- failures
 
     def _on_engine_exit(self, record: _Model, serving: Future) -> None:
@@ -900,7 +860,7 @@ class WorkerController:
             # The host died before it could tell the front end: do it here
             # so in-flight requests fail instead of hanging.
             assert record.addresses is not None
-            self._notify_engine_dead(record.addresses.outputs[0])
+            notify_engine_dead(self._zmq, record.addresses.outputs[0])
         self._fail(record, record.death or error)
 
     def _fail(self, record: _Model, error: str) -> None:
@@ -929,11 +889,6 @@ class WorkerController:
             # The engine notices through its worker monitor and exits;
             # _on_engine_exit does the rest. Ask it to stop in any case.
             record.host.channel.call_async("stop")
-
-    def _notify_engine_dead(self, output_address: str) -> None:
-        sock = make_zmq_socket(self._zmq, output_address, zmq.PUSH, bind=False)
-        sock.send(EngineCoreProc.ENGINE_CORE_DEAD)
-        sock.close(linger=1000)
 
     # ------------------------------------------------------------ listings
 

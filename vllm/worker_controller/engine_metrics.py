@@ -13,37 +13,21 @@ every registry into one Prometheus text: each family's HELP and TYPE once,
 all models' samples under it, told apart by ``model_name``.
 """
 
-import asyncio
-import contextlib
 import threading
 from collections.abc import Iterable
-from functools import partial
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 
-import vllm.envs as envs
-from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorProm
 from vllm.logger import init_logger
-from vllm.v1.metrics.loggers import (
+from vllm.worker_controller.compat.metrics import (
     LoggingStatLogger,
     PrometheusStatLogger,
     StatLoggerFactory,
+    metric_classes_in,
 )
-from vllm.v1.metrics.perf import PerfMetricsProm
-from vllm.v1.spec_decode.metrics import SpecDecodingProm
-from vllm.worker_controller.errors import WorkerControllerError
-
-if TYPE_CHECKING:
-    from vllm.worker_controller.controller import WorkerController
 
 logger = init_logger(__name__)
 
@@ -64,36 +48,13 @@ class ModelPrometheusStatLogger(PrometheusStatLogger):
     def for_registry(
         cls, registry: CollectorRegistry
     ) -> type["ModelPrometheusStatLogger"]:
-        # functools.partial is no descriptor: as a class attribute it is
-        # called without ``self``, like the metric classes it stands for.
-        gauge = partial(Gauge, registry=registry)
-        counter = partial(Counter, registry=registry)
-        histogram = partial(Histogram, registry=registry)
-        metric_classes = {
-            "_gauge_cls": gauge,
-            "_counter_cls": counter,
-            "_histogram_cls": histogram,
-        }
         return type(
             cls.__name__,
             (cls,),
             {
                 "__module__": cls.__module__,
                 "registry": registry,
-                **metric_classes,
-                "_spec_decoding_cls": type(
-                    SpecDecodingProm.__name__,
-                    (SpecDecodingProm,),
-                    {"_counter_cls": counter},
-                ),
-                "_kv_connector_cls": type(
-                    KVConnectorProm.__name__, (KVConnectorProm,), metric_classes
-                ),
-                "_perf_metrics_cls": type(
-                    PerfMetricsProm.__name__,
-                    (PerfMetricsProm,),
-                    {"_counter_cls": counter},
-                ),
+                **metric_classes_in(registry),
             },
         )
 
@@ -194,21 +155,3 @@ def exposition(
     """One Prometheus text exposition of ``registries`` (e.g. the
     controller's) and of every model's registry in ``models``."""
     return generate_latest(_Merged(registries, models or {}))  # type: ignore[arg-type]
-
-
-async def log_stats_periodically(
-    controller: "WorkerController", interval_s: float | None = None
-) -> None:
-    """Logs each ready model's stats line every ``interval_s`` (default
-    ``VLLM_LOG_STATS_INTERVAL``), forever, as ``vllm serve``'s app lifespan
-    does for its one model: behind the router, the per-model apps'
-    lifespans do not run. Idle engines log at debug level only (upstream's
-    rule), so an idle server stays quiet."""
-    interval_s = interval_s or envs.VLLM_LOG_STATS_INTERVAL
-    while True:
-        await asyncio.sleep(interval_s)
-        for model in controller.list_models():
-            if model["state"] != "ready":
-                continue
-            with contextlib.suppress(WorkerControllerError):  # unloaded meanwhile
-                await controller.engine_client(model["name"]).do_log_stats()

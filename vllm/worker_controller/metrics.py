@@ -6,10 +6,15 @@ A registry of our own, rendered together with each model's registry of
 vLLM's engine metrics (``engine_metrics.py``) as one exposition.
 """
 
+import asyncio
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+import vllm.envs as envs
 from vllm.worker_controller.controller import WorkerController
 from vllm.worker_controller.engine_metrics import exposition
+from vllm.worker_controller.errors import WorkerControllerError
 
 _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 
@@ -63,3 +68,21 @@ class ControllerMetrics:
         for m in controller.list_models():
             self.models.labels(m["state"]).inc()
         return exposition([self.registry], controller.engine_metrics.registries())
+
+
+async def log_stats_periodically(
+    controller: WorkerController, interval_s: float | None = None
+) -> None:
+    """Logs each ready model's stats line every ``interval_s`` (default
+    ``VLLM_LOG_STATS_INTERVAL``), forever, as ``vllm serve``'s app lifespan
+    does for its one model: behind the router, the per-model apps'
+    lifespans do not run. Idle engines log at debug level only (upstream's
+    rule), so an idle server stays quiet."""
+    interval_s = interval_s or envs.VLLM_LOG_STATS_INTERVAL
+    while True:
+        await asyncio.sleep(interval_s)
+        for model in controller.list_models():
+            if model["state"] != "ready":
+                continue
+            with contextlib.suppress(WorkerControllerError):  # unloaded meanwhile
+                await controller.engine_client(model["name"]).do_log_stats()

@@ -36,6 +36,7 @@ from vllm.worker_controller.controller import (
     PreparedLoad,
     WorkerController,
 )
+from vllm.worker_controller.device_memory import claimed, fits
 from vllm.worker_controller.errors import (
     InsufficientWorkersError,
     ModelUnavailableError,
@@ -271,13 +272,13 @@ class Placement:
             workers = self.pool.lease(
                 ProcessKind.WORKER,
                 prepared.world_size,
-                prefer=lambda p: _fits(used, p.device_index, share),
+                prefer=lambda p: fits(used, p.device_index, share),
                 wait=False,
             )
         except InsufficientWorkersError:
             return self._process_shortage(ProcessKind.WORKER, prepared.world_size)
         full = {
-            w.device_index for w in workers if not _fits(used, w.device_index, share)
+            w.device_index for w in workers if not fits(used, w.device_index, share)
         }
         if full:
             self.pool.give_back(workers)
@@ -300,7 +301,7 @@ class Placement:
         if shortage := self._slot_shortage(name):
             return shortage
         used = self._device_use(exclude=name)
-        if full := {d for d in devices if not _fits(used, d, share)}:
+        if full := {d for d in devices if not fits(used, d, share)}:
             return _Shortage(
                 f"device(s) {sorted(full)} lack {share:.0%} of memory free",
                 victims=_MEMORY_VICTIMS,
@@ -343,11 +344,7 @@ class Placement:
         per_model = self.controller.device_claims()
         per_model.update({n: r.claims for n, r in self._reservations.items()})
         per_model.pop(exclude, None)
-        used: dict[int, float] = defaultdict(float)
-        for claims in per_model.values():
-            for device, share in claims.items():
-                used[device] += share
-        return used
+        return claimed(per_model.values())
 
     def _swap_victim(self, name: str, engine_key: str | None) -> str | None:
         """The least recently used idle model of this engine shape."""
@@ -376,9 +373,3 @@ class Placement:
             )
         ]
         return max(candidates)[1] if candidates else None
-
-
-def _fits(used: dict[int, float], device: int | None, share: float) -> bool:
-    """Whether ``share`` more of ``device``'s memory is unclaimed (always
-    on CPU, which has no device)."""
-    return device is None or used.get(device, 0.0) + share <= 1.0 + 1e-9

@@ -25,7 +25,7 @@ from vllm.platforms import current_platform
 from vllm.worker_controller.config import ControllerSettings
 from vllm.worker_controller.engine.core import run_engine_host
 from vllm.worker_controller.errors import InsufficientWorkersError
-from vllm.worker_controller.executor.proxy_executor import ControlChannel
+from vllm.worker_controller.process import ControlChannel
 from vllm.worker_controller.worker.gpu_worker import run_pooled_worker
 
 logger = init_logger(__name__)

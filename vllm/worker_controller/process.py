@@ -1,5 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Child side of the control channel, shared by every pooled process.
+"""The control channel between the controller and each pooled process.
+
+``ControlChannel`` is the controller's side (a pipe plus a reader thread
+that matches replies to requests by id); ``ControlServer`` the child's.
 
 A pooled process (a worker or an engine host) does its model work on its
 main thread: device state, OpenMP binding and signal handling belong to it,
@@ -10,16 +13,20 @@ exactly one reply, so the controller can keep several in flight.
 """
 
 import faulthandler
+import itertools
 import os
 import queue
 import signal
 import threading
 import traceback
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 from vllm.logger import init_logger
+from vllm.worker_controller.errors import RemoteCallError, WorkerLostError
 
 logger = init_logger(__name__)
 
@@ -132,3 +139,71 @@ class ControlServer:
                 self._conn.send(reply)
             except OSError:  # BrokenPipeError: as for EOF in _read_loop
                 os._exit(0)
+
+
+class ControlChannel:
+    """Request/reply over one pipe; a dead peer fails every pending call."""
+
+    def __init__(self, conn: Connection, name: str, on_lost: Callable[[], None]):
+        self.name = name
+        self._conn = conn
+        self._on_lost = on_lost
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._pending: dict[int, tuple[str, Future]] = {}
+        self._lost = False
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f"WCChannel-{name}", daemon=True
+        )
+        self._reader.start()
+
+    @property
+    def lost(self) -> bool:
+        return self._lost
+
+    def call_async(self, method: str, **kwargs: Any) -> Future:
+        """Sends ``method(**kwargs)``; the future holds the reply."""
+        future: Future = Future()
+        with self._lock:
+            if self._lost:
+                future.set_exception(WorkerLostError(f"{self.name} is gone"))
+                return future
+            request_id = next(self._ids)
+            self._pending[request_id] = (method, future)
+            try:
+                self._conn.send(ControlRequest(request_id, method, kwargs))
+            except (OSError, BrokenPipeError) as e:
+                self._pending.pop(request_id)
+                future.set_exception(WorkerLostError(f"{self.name}: {e}"))
+        return future
+
+    def call(self, method: str, timeout: float | None = None, **kwargs: Any) -> Any:
+        return self.call_async(method, **kwargs).result(timeout)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                reply: ControlReply = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            with self._lock:
+                method, future = self._pending.pop(reply.request_id)
+            if reply.ok:
+                future.set_result(reply.value)
+            else:
+                future.set_exception(
+                    RemoteCallError(method, reply.error_type, reply.error_message)
+                )
+        with self._lock:
+            self._lost = True
+            pending, self._pending = self._pending, {}
+        # First the pool and controller (they record how it died), then the
+        # callers waiting on it, so that their errors can say so.
+        self._on_lost()
+        for method, future in pending.values():
+            future.set_exception(
+                WorkerLostError(f"{self.name} died while running {method}")
+            )

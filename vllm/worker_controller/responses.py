@@ -14,7 +14,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.types import Send
 
-from vllm.entrypoints.openai.engine.protocol import ErrorInfo, ErrorResponse
+from vllm.worker_controller.compat.serving import ErrorInfo, ErrorResponse
 
 
 def error_body(

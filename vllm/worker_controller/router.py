@@ -29,11 +29,16 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vllm import __version__ as VLLM_VERSION
-from vllm.entrypoints.openai.api_server import build_app, init_app_state
-from vllm.entrypoints.openai.engine.protocol import ModelCard, ModelPermission
 from vllm.logger import init_logger
-from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 from vllm.worker_controller.access import BearerAuth
+from vllm.worker_controller.compat.serving import (
+    EngineDeadError,
+    EngineGenerateError,
+    ModelCard,
+    ModelPermission,
+    build_app,
+    init_app_state,
+)
 from vllm.worker_controller.controller import (
     LoadResult,
     ModelState,

@@ -40,7 +40,6 @@ from vllm.logging_utils import create_uvicorn_log_config
 from vllm.platforms import current_platform
 from vllm.reasoning import ReasoningParserManager
 from vllm.tool_parsers import ToolParserManager
-from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.worker_controller.access import (
     api_keys,
     catalog_allowlist,
@@ -48,15 +47,19 @@ from vllm.worker_controller.access import (
     uvicorn_ssl_kwargs,
     write_secret_file,
 )
+from vllm.worker_controller.compat.serving import (
+    FlexibleArgumentParser,
+    forget_captured_signals,
+)
 from vllm.worker_controller.controller import WorkerController
 from vllm.worker_controller.demo_model import (
     default_cache_dir,
     demo_engine_args,
     ensure_demo_model,
 )
-from vllm.worker_controller.engine_metrics import log_stats_periodically
 from vllm.worker_controller.errors import WorkerControllerError
 from vllm.worker_controller.management import build_management_app
+from vllm.worker_controller.metrics import log_stats_periodically
 from vllm.worker_controller.router import CatalogEntry, ModelRouter
 
 # Not __name__: under `python -m` that is "__main__", which is outside
@@ -112,7 +115,7 @@ class _Server(uvicorn.Server):
             try:
                 yield
             finally:
-                self._captured_signals.clear()
+                forget_captured_signals(self)
 
 
 def make_parser() -> FlexibleArgumentParser:

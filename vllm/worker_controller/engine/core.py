@@ -20,17 +20,26 @@ import zmq
 
 import vllm.envs as envs
 from vllm.config import VllmConfig
-from vllm.distributed.device_communicators.shm_broadcast import Handle, MessageQueue
 from vllm.logger import init_logger
-from vllm.utils.network_utils import make_zmq_socket
-from vllm.v1.engine import EngineCoreRequest, EngineCoreRequestType
-from vllm.v1.engine.core import EngineCoreProc, EngineShutdownState
-from vllm.v1.serial_utils import MsgpackEncoder
+from vllm.worker_controller.compat.engine import (
+    ENGINE_CORE_DEAD,
+    EngineCoreProc,
+    EngineCoreRequest,
+    EngineCoreRequestType,
+    EngineShutdownState,
+    MsgpackEncoder,
+    send_engine_dead,
+)
+from vllm.worker_controller.compat.executor import (
+    Handle,
+    MessageQueue,
+    make_zmq_socket,
+)
+from vllm.worker_controller.compat.message_queues import close_message_queue
 from vllm.worker_controller.executor.remote_executor import (
     RemoteExecutor,
     WorkerLease,
 )
-from vllm.worker_controller.message_queues import close_message_queue
 from vllm.worker_controller.process import ControlServer, PooledProcessHandler
 from vllm.worker_controller.worker.model_runner import trim_host_heap
 
@@ -78,7 +87,7 @@ class PooledEngineCoreProc(EngineCoreProc):
             return None
         except Exception as e:
             logger.exception("EngineCore failed while serving.")
-            self._send_engine_dead()
+            send_engine_dead(self)
             return f"{type(e).__name__}: {e}"
         finally:
             self.model_executor.shutdown()
@@ -248,7 +257,7 @@ class EngineHost(PooledProcessHandler):
             # waits out the socket's linger (4 s) and the thread with it.
             if output_thread.is_alive():  # a failed engine's has ended
                 accepted.poll(_RETIRE_TIMEOUT_S * 1000)
-                output_queue.put_nowait(EngineCoreProc.ENGINE_CORE_DEAD)
+                output_queue.put_nowait(ENGINE_CORE_DEAD)
             while time.monotonic() < deadline:
                 try:  # fails until the input socket has reconnected
                     router.send_multipart((_ENGINE_IDENTITY, *message), zmq.NOBLOCK)

@@ -1,104 +1,31 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The controller's control channel to every pooled process.
+"""The controller's executor over the control channels of pooled processes.
 
-Only control traffic crosses it (load, serve, release, start/stop engine,
-health); per-step traffic goes engine host -> workers over vLLM's
+Only control traffic crosses a channel (load, serve, release, start/stop
+engine, health); per-step traffic goes engine host -> workers over vLLM's
 shared-memory ``MessageQueue`` and never passes through the controller.
-Each pooled process has one :class:`ControlChannel` (a pipe plus a reader
-thread that matches replies to requests by id), and :class:`ProxyExecutor`
-speaks to the ranks of one engine through them, the way upstream executors
+:class:`ProxyExecutor` speaks to the ranks of one engine through their
+channels (``process.ControlChannel``), the way upstream executors
 ``collective_rpc`` their workers.
 """
 
-import itertools
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from concurrent.futures import TimeoutError as FutureTimeoutError
-from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from vllm.logger import init_logger
 from vllm.worker_controller.errors import RemoteCallError, WorkerLostError
-from vllm.worker_controller.process import ControlReply, ControlRequest
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
-    from vllm.distributed.device_communicators.shm_broadcast import Handle
+    from vllm.worker_controller.compat.executor import Handle
     from vllm.worker_controller.pool import PooledProcess
 
 logger = init_logger(__name__)
 
 # How long the other ranks of a load may still finish once one failed.
 _PEER_GRACE_S = 10.0
-
-
-class ControlChannel:
-    """Request/reply over one pipe; a dead peer fails every pending call."""
-
-    def __init__(self, conn: Connection, name: str, on_lost: Callable[[], None]):
-        self.name = name
-        self._conn = conn
-        self._on_lost = on_lost
-        self._lock = threading.Lock()
-        self._ids = itertools.count()
-        self._pending: dict[int, tuple[str, Future]] = {}
-        self._lost = False
-        self._reader = threading.Thread(
-            target=self._read_loop, name=f"WCChannel-{name}", daemon=True
-        )
-        self._reader.start()
-
-    @property
-    def lost(self) -> bool:
-        return self._lost
-
-    def call_async(self, method: str, **kwargs: Any) -> Future:
-        """Sends ``method(**kwargs)``; the future holds the reply."""
-        future: Future = Future()
-        with self._lock:
-            if self._lost:
-                future.set_exception(WorkerLostError(f"{self.name} is gone"))
-                return future
-            request_id = next(self._ids)
-            self._pending[request_id] = (method, future)
-            try:
-                self._conn.send(ControlRequest(request_id, method, kwargs))
-            except (OSError, BrokenPipeError) as e:
-                self._pending.pop(request_id)
-                future.set_exception(WorkerLostError(f"{self.name}: {e}"))
-        return future
-
-    def call(self, method: str, timeout: float | None = None, **kwargs: Any) -> Any:
-        return self.call_async(method, **kwargs).result(timeout)
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def _read_loop(self) -> None:
-        while True:
-            try:
-                reply: ControlReply = self._conn.recv()
-            except (EOFError, OSError):
-                break
-            with self._lock:
-                method, future = self._pending.pop(reply.request_id)
-            if reply.ok:
-                future.set_result(reply.value)
-            else:
-                future.set_exception(
-                    RemoteCallError(method, reply.error_type, reply.error_message)
-                )
-        with self._lock:
-            self._lost = True
-            pending, self._pending = self._pending, {}
-        # First the pool and controller (they record how it died), then the
-        # callers waiting on it, so that their errors can say so.
-        self._on_lost()
-        for method, future in pending.values():
-            future.set_exception(
-                WorkerLostError(f"{self.name} died while running {method}")
-            )
 
 
 class ProxyExecutor:

@@ -19,10 +19,16 @@ import weakref
 from collections import deque
 from dataclasses import dataclass, field
 
-from vllm.distributed.device_communicators.shm_broadcast import Handle, MessageQueue
 from vllm.logger import init_logger
-from vllm.v1.executor.multiproc_executor import FutureWrapper, MultiprocExecutor
-from vllm.worker_controller.message_queues import (
+from vllm.worker_controller.compat.executor import (
+    FutureWrapper,
+    Handle,
+    MessageQueue,
+    MultiprocExecutor,
+    init_parallel_sizes,
+    output_rank,
+)
+from vllm.worker_controller.compat.message_queues import (
     close_message_queue,
     wait_until_ready,
 )
@@ -75,7 +81,7 @@ class RemoteExecutor(MultiprocExecutor):
         self.lease = lease
         self.is_failed = False
         self.failure_callback = None
-        self._get_parallel_sizes()
+        init_parallel_sizes(self)
         assert len(lease.response_handles) == self.world_size
 
         self.rpc_broadcast_mq = lease.broadcast_mq
@@ -89,7 +95,7 @@ class RemoteExecutor(MultiprocExecutor):
         for rank, mq in enumerate(self.response_mqs):
             wait_until_ready(mq, _ATTACH_TIMEOUT_S, f"rank {rank}'s response queue")
         self.futures_queue = deque[FutureWrapper]()
-        self.output_rank = self._get_output_rank()
+        self.output_rank = output_rank(self)
         self.start_worker_monitor()
 
     def collective_rpc(self, method, *args, **kwargs):  # type: ignore[override]

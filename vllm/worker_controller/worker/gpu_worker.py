@@ -13,7 +13,6 @@ the engine (compiled model, CUDA graphs, KV cache) for a checkpoint of the
 same shape, whose weights ``load_model(swap=True)`` copies into it.
 """
 
-import os
 import signal
 import threading
 import time
@@ -24,24 +23,28 @@ from typing import Any
 import zmq
 
 from vllm.config import VllmConfig, set_current_vllm_config
-from vllm.distributed.device_communicators.shm_broadcast import Handle
-from vllm.distributed.parallel_state import (
+from vllm.logger import init_logger
+from vllm.platforms import current_platform
+from vllm.worker_controller.compat.cumem import install_pool_releasing_allocator
+from vllm.worker_controller.compat.executor import (
+    AsyncModelRunnerOutput,
+    Handle,
+    WorkerProc,
+    WorkerWrapperBase,
+    attach_worker_message_queues,
+    set_random_seed,
+)
+from vllm.worker_controller.compat.message_queues import close_message_queue
+from vllm.worker_controller.compat.process_state import (
     destroy_distributed_environment,
     destroy_model_parallel,
 )
-from vllm.logger import init_logger
-from vllm.platforms import current_platform
-from vllm.utils.torch_utils import set_random_seed
-from vllm.v1.executor.multiproc_executor import WorkerProc
-from vllm.v1.outputs import AsyncModelRunnerOutput
-from vllm.v1.worker.worker_base import WorkerWrapperBase
 from vllm.worker_controller.config import make_dummy_vllm_config
-from vllm.worker_controller.message_queues import close_message_queue
 from vllm.worker_controller.process import ControlServer, PooledProcessHandler
+from vllm.worker_controller.worker import leak_debug
 from vllm.worker_controller.worker.compile_cache import (
     key_compile_cache_by_architecture,
 )
-from vllm.worker_controller.worker.cumem import install_pool_releasing_allocator
 from vllm.worker_controller.worker.host_cache import (
     attached,
     cache_entry_of,
@@ -49,13 +52,10 @@ from vllm.worker_controller.worker.host_cache import (
     take_weights_load,
 )
 from vllm.worker_controller.worker.model_runner import (
-    cumem_pool_report,
     driver_memory_in_use,
     held_requests,
-    leak_probes,
     memory_in_use,
     memory_summary,
-    referrer_chains,
     release_compiled_model,
     release_memory,
     release_reload_records,
@@ -321,7 +321,7 @@ class PooledWorker(PooledProcessHandler):
             worker.model_config.served_model_name = (
                 vllm_config.model_config.served_model_name
             )
-            proc._init_message_queues(input_shm_handle, vllm_config)
+            attach_worker_message_queues(proc, input_shm_handle, vllm_config)
         except BaseException:
             self.unload_model()
             raise
@@ -330,8 +330,8 @@ class PooledWorker(PooledProcessHandler):
     def _loaded(self, start: float) -> dict[str, Any]:
         assert self.proc is not None
         self.loads += 1
-        if os.environ.get("VLLM_WC_DEBUG_LEAKS") == "1":
-            logger.info("After load_model: %s", cumem_pool_report())
+        if leak_debug.enabled():
+            logger.info("After load_model: %s", leak_debug.pool_report())
         assert self.proc.worker_response_mq is not None
         runner = self.proc.worker.wrapper.worker.model_runner
         return {
@@ -424,16 +424,16 @@ class PooledWorker(PooledProcessHandler):
         start = time.perf_counter()
         proc, self.proc = self.proc, None
         probes: dict[str, weakref.ref] = {}
-        debug = os.environ.get("VLLM_WC_DEBUG_LEAKS") == "1"
+        debug = leak_debug.enabled()
         if proc is not None:
             if isinstance(proc.worker, EngineBuildMemo):
                 proc.worker = proc.worker.wrapper
             worker = getattr(proc.worker, "worker", None)
-            probes = leak_probes(worker)
+            probes = leak_debug.leak_probes(worker)
             release_compiled_model(worker)
             release_reload_records(worker)
             if debug and self.device_index is not None:
-                logger.info("Before teardown: %s", cumem_pool_report())
+                logger.info("Before teardown: %s", leak_debug.pool_report())
                 self._log_driver_memory("before teardown")
             proc.shutdown()
             del proc, worker
@@ -449,9 +449,7 @@ class PooledWorker(PooledProcessHandler):
         # RSS); a surviving runner, model or KV tensor cannot hide.
         leaked = [what for what, ref in probes.items() if ref() is not None]
         if leaked and debug:
-            for what in leaked:
-                for chain in referrer_chains(probes[what]()):
-                    logger.warning("Unloaded %s still referenced: %s", what, chain)
+            leak_debug.report_survivors(probes)
         in_use = memory_in_use()
         driver = driver_memory_in_use(self.device_index)
         logger.info("Worker %d unloaded: %s", self.index, memory_summary())

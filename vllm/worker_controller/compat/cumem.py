@@ -65,3 +65,41 @@ def install_pool_releasing_allocator() -> None:
     if cumem_available and CuMemAllocator.instance is None:
         CuMemAllocator.instance = PoolReleasingCuMemAllocator()
         atexit.register(CuMemAllocator._shutdown_singleton)
+
+
+def mapped_bytes() -> int:
+    """Bytes sleep mode's allocator has mapped now (a parked model's blocks
+    are unmapped). Relies on: ``pointer_to_data`` entries with ``handle``
+    (size at index 1) and ``is_asleep``."""
+    allocator = CuMemAllocator.instance
+    if allocator is None:
+        return 0
+    return sum(
+        data.handle[1]
+        for data in allocator.pointer_to_data.values()
+        if not data.is_asleep
+    )
+
+
+def pool_report() -> str:
+    """Sleep mode's memory pools: their segments, and how many of them the
+    allocator no longer tracks (a segment the pool holds but the allocator
+    forgot cannot be freed through it). Relies on: ``allocator_and_pools``
+    (tag -> (MemPool, allocator)) and ``MemPool.snapshot()``."""
+    allocator = CuMemAllocator.instance
+    if allocator is None:
+        return "no cumem pools"
+    parts = []
+    for tag, (pool, _) in allocator.allocator_and_pools.items():
+        segments = pool.snapshot()
+        untracked = [
+            s for s in segments if s["address"] not in allocator.pointer_to_data
+        ]
+        parts.append(
+            f"{tag}: {len(segments)} segments "
+            f"({sum(s['total_size'] for s in segments) >> 20} MiB, "
+            f"{sum(s['allocated_size'] for s in segments) >> 20} MiB in use), "
+            f"{len(untracked)} untracked "
+            f"({sum(s['total_size'] for s in untracked) >> 20} MiB)"
+        )
+    return "; ".join(parts) or "no cumem pools"
