@@ -6,6 +6,7 @@ purpose the difference is listed in ``DIFFERENCES`` (and in docs/api.md), so
 a field that upstream adds shows up here as a failure."""
 
 import json
+import subprocess
 from typing import Any
 
 import httpx
@@ -140,9 +141,16 @@ def servers(tiny_models):
     )
     ours, our_url = start_server(model)
     yield stock_url, our_url
+    # SIGTERM: stock `vllm serve` stops its EngineCore and worker only on a
+    # graceful shutdown (killed, it leaves them running, orphaned).
     for proc in (stock, ours):
-        proc.kill()
-        proc.wait(30)
+        proc.terminate()
+    for proc in (stock, ours):
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
 
 
 @pytest.mark.parametrize("label, method, path, body", CALLS, ids=[c[0] for c in CALLS])
