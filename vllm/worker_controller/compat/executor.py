@@ -3,7 +3,10 @@
 reuse: ``WorkerProc`` built in a process that outlives it, and
 ``MultiprocExecutor`` without the spawning."""
 
+# The shared-memory queue between an engine and its workers (and its handle).
 from vllm.distributed.device_communicators.shm_broadcast import Handle, MessageQueue
+
+# Addresses for the process group, the engine's sockets and the handshake.
 from vllm.utils.network_utils import (
     get_distributed_init_method,
     get_loopback_ip,
@@ -11,13 +14,21 @@ from vllm.utils.network_utils import (
     get_open_zmq_ipc_path,
     make_zmq_socket,
 )
+
+# What upstream's warm-up calls last: a swapped-in engine re-seeds with it.
 from vllm.utils.torch_utils import set_random_seed
+
+# Built per lease in a pooled process / subclassed without the spawning.
 from vllm.v1.executor.multiproc_executor import (
     FutureWrapper,
     MultiprocExecutor,
     WorkerProc,
 )
+
+# What WorkerProc's async-output thread takes from its queue (``get_output``).
 from vllm.v1.outputs import AsyncModelRunnerOutput
+
+# The wrapper whose ``.worker`` is the Worker (EngineBuildMemo wraps it).
 from vllm.v1.worker.worker_base import WorkerWrapperBase
 
 __all__ = [

@@ -7,7 +7,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# The metric families PrometheusStatLogger builds (given our classes below).
 from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorProm
+
+# Upstream's stat loggers, subclassed per model (an extension point).
 from vllm.v1.metrics.loggers import (
     LoggingStatLogger,
     PrometheusStatLogger,

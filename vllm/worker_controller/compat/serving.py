@@ -4,14 +4,21 @@ HTTP server's signal handling."""
 
 import uvicorn
 
+# Each model's OpenAI app, built and given its state as `vllm serve` does.
 from vllm.entrypoints.openai.api_server import build_app, init_app_state
+
+# The OpenAI wire types of our own answers (model cards, error bodies).
 from vllm.entrypoints.openai.engine.protocol import (
     ErrorInfo,
     ErrorResponse,
     ModelCard,
     ModelPermission,
 )
+
+# `vllm serve`'s parser class (its flags are ours too).
 from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+# What AsyncLLM raises when an engine dies or a request fails in it.
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 __all__ = [
