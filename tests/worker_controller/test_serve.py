@@ -41,6 +41,11 @@ TINY_FLAGS = [
 STOCK_SERVE = ["vllm.entrypoints.openai.api_server"]
 
 
+def server_log(url: str) -> Path:
+    """Where ``start_server`` writes the output of the server at ``url``."""
+    return Path(tempfile.gettempdir()) / f"wc-server-{url.rsplit(':', 1)[1]}.log"
+
+
 def start_server(
     *flags: str,
     env: dict[str, str] | None = None,
@@ -51,7 +56,7 @@ def start_server(
     returns it and its URL once healthy. Its output goes to
     ``$TMPDIR/wc-server-PORT.log``, for a failing test's post-mortem."""
     port = free_port()
-    log = Path(tempfile.gettempdir()) / f"wc-server-{port}.log"
+    log = server_log(f"http://127.0.0.1:{port}")
     module = command or ["vllm.worker_controller.serve"]
     with log.open("wb") as out:
         proc = subprocess.Popen(

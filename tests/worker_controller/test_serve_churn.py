@@ -14,7 +14,7 @@ import pytest
 
 from tests.worker_controller.http_load import PROMPT, Outcome, completion, summary
 from tests.worker_controller.models import hf_greedy
-from tests.worker_controller.test_serve import start_server
+from tests.worker_controller.test_serve import server_log, start_server
 
 ADMIN = "admin-churn"
 MODELS = ("qwen3", "opt", "llama")
@@ -79,9 +79,14 @@ async def traffic(url: str, opt: str) -> tuple[list[Outcome], list[int]]:
 def test_churn_every_answer_allowed(server, tiny_models, capsys):
     kind, url = server
     expected = {m: hf_greedy(tiny_models[m], PROMPT, MAX_TOKENS) for m in MODELS}
-    outcomes, churn = asyncio.run(
-        asyncio.wait_for(traffic(url, str(tiny_models["opt"])), 900)
-    )
+    try:
+        outcomes, churn = asyncio.run(
+            asyncio.wait_for(traffic(url, str(tiny_models["opt"])), 900)
+        )
+    except Exception:
+        # The server's side of a hang, for the CI log.
+        print("".join(server_log(url).read_text().splitlines(True)[-200:]))
+        raise
     with capsys.disabled():
         print(f"\nchurn[{kind}]: {summary(outcomes)}; management {churn}")
     bad = [(o.model, o.stream, o.allowed()) for o in outcomes if o.allowed()]

@@ -5,11 +5,15 @@
 The checkpoints share config and tokenizer but not weights (another seed),
 so equal tokens prove the new weights are the ones that run."""
 
+import asyncio
+
 import pytest
 
 from tests.worker_controller.conftest import TINY_ARGS
 from tests.worker_controller.models import SEED, build_model, hf_greedy
-from vllm.worker_controller.errors import ModelBusyError
+from vllm.worker_controller.errors import ModelBusyError, ModelUnavailableError
+from vllm.worker_controller.router import ModelRouter
+from vllm.worker_controller.serve import parse_cli
 
 PROMPT = "The quick brown fox"
 SWAPS = 20
@@ -70,3 +74,36 @@ def test_swap_needs_the_same_engine_shape(controller, checkpoints, greedy):
     assert [m["name"] for m in controller.list_models()] == ["a"]
     assert greedy("a", PROMPT) == before
     controller.unload("a")
+
+
+def test_a_model_is_not_swapped_out_before_it_serves(
+    controller, checkpoints, loop, monkeypatch
+):
+    """A model loaded over the management API has no request pinning it:
+    until its app is built, the load itself pins it, so a load of the same
+    shape that needs its slot waits (and here, 503s) instead of stopping
+    the engine the app is being built on (which hung the first load)."""
+    args, _, _ = parse_cli([checkpoints["a"]])
+    router = ModelRouter(
+        controller, args, TINY_ARGS, max_loaded_models=1, load_wait_s=1.0
+    )
+    building, build = asyncio.Event(), router._build_app
+
+    async def slow_build(name: str, model: str):
+        if name == "a":
+            building.set()
+            await asyncio.sleep(3)  # the second load waits here, and gives up
+        return await build(name, model)
+
+    monkeypatch.setattr(router, "_build_app", slow_build)
+
+    async def race():
+        first = asyncio.create_task(router.add("a", checkpoints["a"]))
+        await building.wait()
+        with pytest.raises(ModelUnavailableError):
+            await router.add("b", checkpoints["b"])
+        return await first
+
+    assert loop.run(race())["brought_up"] == "load"
+    assert [m["name"] for m in controller.list_models()] == ["a"]
+    loop.run(router.remove("a"))

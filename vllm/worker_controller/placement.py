@@ -246,7 +246,8 @@ class Placement:
             wait_s = self.boot_wait_s if result.booting else self.wait_s
             deadline = start + wait_s
             victim = self._victim(result, exclude=name)
-            if victim is not None:
+            # Bounded also when others keep taking the room it made.
+            if victim is not None and time.monotonic() < deadline:
                 logger.info(
                     "Making room for %r (%s): %s least recently used model %r",
                     name,

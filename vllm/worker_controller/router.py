@@ -215,7 +215,7 @@ class ModelRouter:
         if name in self._loading:
             raise ModelBusyError(f"Model {name!r} is being loaded")
         task = self._loading[name] = asyncio.create_task(
-            self._add(name, model, engine_args or {})
+            self._add_pinned(name, model, engine_args or {})
         )
         task.add_done_callback(lambda _: self._loading.pop(name, None))
         return await asyncio.shield(task)
@@ -242,6 +242,17 @@ class ModelRouter:
                 logger.warning("Precompiling %r failed: %s", name, e)
                 continue
             await self.remove(name, "was precompiled")
+
+    async def _add_pinned(
+        self, name: str, model: str, engine_args: dict[str, Any]
+    ) -> dict:
+        """``_add`` with the model pinned until it serves: between its
+        reservation's end and its app's start, a load that makes room
+        would otherwise take a model that no request has pinned yet (one
+        loaded over the management API) and stop the engine its app is
+        being built on."""
+        with self.placement.pin(name):
+            return await self._add(name, model, engine_args)
 
     async def _add(self, name: str, model: str, engine_args: dict[str, Any]) -> dict:
         state = self.controller.state(name)
