@@ -79,9 +79,17 @@ def start_server(
             time.sleep(1)
 
 
-def greedy_completion(client: openai.OpenAI, model: str, max_tokens: int):
-    """A greedy completion of PROMPT that returns its token ids."""
-    return client.completions.create(
+def greedy_completion(
+    client: openai.OpenAI, model: str, max_tokens: int, raw: bool = False
+):
+    """A greedy completion of PROMPT that returns its token ids (``raw``:
+    the HTTP response, with its headers; ``.parse()`` gives the rest)."""
+    create = (
+        client.completions.with_raw_response.create
+        if raw
+        else client.completions.create
+    )
+    return create(
         model=model,
         prompt=PROMPT,
         max_tokens=max_tokens,

@@ -97,8 +97,14 @@ def test_same_shape_checkpoints_swap(server, tiny_models):
     paths["qwen3-b"] = paths["qwen3-b"] / "qwen3-b"
     pids = None
     for i, name in enumerate(("qwen3", "qwen3-b", "qwen3", "qwen3-b")):
-        out = greedy_completion(client, name, 8)
+        raw = greedy_completion(client, name, 8, raw=True)
+        out = raw.parse()
         assert out.choices[0].token_ids == hf_greedy(paths[name], PROMPT, 8), name
+        # The response says that it waited, for what and how long.
+        assert raw.headers["x-vllm-wc-load-kind"] == ("swap" if i else "load")
+        assert int(raw.headers["x-vllm-wc-load-ms"]) > 0
+        again = greedy_completion(client, name, 1, raw=True)
+        assert "x-vllm-wc-load-kind" not in again.headers
         (model,) = httpx.get(f"{server}/v1/controller/models", headers=admin).json()
         assert model["name"] == name
         if i > 0:  # the first replaces llama, of another shape
@@ -107,6 +113,8 @@ def test_same_shape_checkpoints_swap(server, tiny_models):
         pids = (model["worker_pids"], model["engine_host_pid"])
     metrics = httpx.get(f"{server}/metrics", headers=admin).text
     assert "vllm_wc_swaps_total 3.0" in metrics
+    assert 'vllm_wc_requests_waited_total{kind="swap"} 3.0' in metrics
+    assert 'vllm_wc_request_wait_seconds_count{kind="swap"} 3.0' in metrics
 
 
 def test_management_api(server, tiny_models):

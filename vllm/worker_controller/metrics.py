@@ -52,6 +52,24 @@ class ControllerMetrics:
             registry=r,
         )
         self.models = Gauge("vllm_wc_models", "Models by state.", ["state"], registry=r)
+        self.requests_waited = Counter(
+            "vllm_wc_requests_waited",
+            "Requests that waited for their model to be loaded, swapped in or "
+            "unparked.",
+            ["kind"],
+            registry=r,
+        )
+        self.request_wait = Histogram(
+            "vllm_wc_request_wait_seconds",
+            "How long a request waited for its model to come up.",
+            ["kind"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+
+    def observe_wait(self, kind: str, seconds: float) -> None:
+        self.requests_waited.labels(kind).inc()
+        self.request_wait.labels(kind).observe(seconds)
 
     def observe_load(self, timings_s: dict[str, float]) -> None:
         self.loads.inc()

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""OpenAI-shaped error answers for everything the front door says itself.
+"""OpenAI-shaped error answers for everything the front door says itself,
+and the headers it adds to a model's answers.
 
 vLLM's own apps answer model requests; what spans models (routing, auth,
 capacity, the management API) answers here, in the same body shape as
@@ -85,3 +86,14 @@ async def send_error(
         error_body(status, message, kind, param),
         {**retry_headers(retry_after_s), **(headers or {})},
     )
+
+
+def with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    """``send`` with ``headers`` added to the response's start."""
+
+    async def sending(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *headers]}
+        await send(message)
+
+    return sending

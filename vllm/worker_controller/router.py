@@ -56,7 +56,12 @@ from vllm.worker_controller.errors import (
 )
 from vllm.worker_controller.metrics import ControllerMetrics
 from vllm.worker_controller.placement import Placement, Reservation
-from vllm.worker_controller.responses import error_response, send_error, send_json
+from vllm.worker_controller.responses import (
+    error_response,
+    send_error,
+    send_json,
+    with_headers,
+)
 
 logger = init_logger(__name__)
 
@@ -90,6 +95,22 @@ class CatalogEntry:
     for this entry (see ``access.py``)."""
     preload: bool = False
     """Copy its weights into the host-RAM weight cache at server start."""
+
+
+@dataclass
+class _Wait:
+    """How a request waited for its model: ``load``, ``swap`` or
+    ``unpark``, and for how long. Its response says so (as Ollama's
+    ``load_duration``), so a client can tell a slow model from a load."""
+
+    kind: str
+    seconds: float
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"x-vllm-wc-load-ms", str(round(self.seconds * 1000)).encode()),
+            (b"x-vllm-wc-load-kind", self.kind.encode()),
+        ]
 
 
 @dataclass
@@ -486,36 +507,49 @@ class ModelRouter:
                     except WorkerControllerError as e:
                         logger.warning("Expiring %r failed: %s", name, e)
 
-    async def _ensure_ready(self, name: str) -> _Served:
+    async def _ensure_ready(self, name: str) -> tuple[_Served, _Wait | None]:
         """Waits until ``name`` can serve: loads, reloads (a failed model)
-        or unparks it as needed; raises what the client should be told."""
-        deadline = time.monotonic() + self.load_wait_s
+        or unparks it as needed; returns it with how the request waited
+        (None: it did not); raises what the client should be told."""
+        start = time.monotonic()
+        deadline = start + self.load_wait_s
         reloads = 0
+        kind: str | None = None
         while True:
             state = self.controller.state(name)
             served = self._served.get(name)
             if state == ModelState.READY and served is not None:
-                return served
+                if kind is None:
+                    return served, None
+                wait = _Wait(kind, time.monotonic() - start)
+                self.metrics.observe_wait(wait.kind, wait.seconds)
+                return served, wait
             if state == ModelState.PARKED and served is not None:
+                kind = "unpark"
                 await self.unpark(name)
             elif name in self._loading:
-                await asyncio.shield(self._loading[name])
+                kind = (await asyncio.shield(self._loading[name]))["brought_up"]
             elif (
                 state in (None, ModelState.FAILED)
                 and not self.placement.settling(name)
                 and reloads < 2  # it died again at once: let the client retry
             ):
                 reloads += 1
-                await self._reload(name, state)
+                loaded = await self._reload(name, state)
+                kind = loaded["brought_up"] if loaded else "load"
             elif time.monotonic() < deadline:
-                await asyncio.sleep(0.05)  # parking, unloading, unparking
+                # Parking, unloading, unparking (another request's).
+                kind = kind or ("unpark" if state == ModelState.UNPARKING else "load")
+                await asyncio.sleep(0.05)
             else:
                 what = state.value if state else "being unloaded"
                 raise ModelUnavailableError(
                     f"The model `{name}` is {what}", retry_after_s=2
                 )
 
-    async def _reload(self, name: str, state: ModelState | None) -> None:
+    async def _reload(self, name: str, state: ModelState | None) -> dict | None:
+        """Loads ``name`` again from where it may be loaded from; returns
+        the load's report, or None if another request's load is under way."""
         entry = self.resolve(name)
         if entry is None:
             if state == ModelState.FAILED:
@@ -546,9 +580,9 @@ class ModelRouter:
                 "Reloading failed model %r (%s)", name, self.controller.failure(name)
             )
         try:
-            await self.add(name, entry.model, entry.engine_args)
+            return await self.add(name, entry.model, entry.engine_args)
         except ModelBusyError:
-            return  # another request started it; the caller waits for it
+            return None  # another request started it; the caller waits for it
         except (ModelUnavailableError, ModelAlreadyLoadedError):
             raise  # no room, or a race with a management load: not a failure
         except WorkerControllerError as e:
@@ -703,7 +737,7 @@ class ModelRouter:
             return
         with self.placement.pin(name):
             try:
-                served = await self._ensure_ready(name)
+                served, wait = await self._ensure_ready(name)
             except ModelNotFoundError:
                 await _not_found(send, name)
                 return
@@ -736,6 +770,8 @@ class ModelRouter:
                     "NotFoundError",
                 )
                 return
+            if wait is not None:
+                send = with_headers(send, wait.headers())
             await served.app(
                 scope,
                 _replay(body, receive),
