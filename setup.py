@@ -5,17 +5,16 @@ editable install maps ``vllm.worker_controller`` next to upstream's regular
 ``vllm`` package instead of shadowing it.
 """
 
-from setuptools import setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="vllm-worker-controller",
     version="0.1.0",
     description="Warm worker pool for vLLM: load, serve and unload models in place",
     python_requires=">=3.10",
-    packages=[
-        "vllm.worker_controller",
-        "vllm.worker_controller.engine",
-        "vllm.worker_controller.executor",
-        "vllm.worker_controller.worker",
-    ],
+    # Every subpackage of ours, found rather than listed: a listed set once
+    # left compat/ out of wheels (editable installs did not show it).
+    packages=find_namespace_packages(
+        include=["vllm.worker_controller*"], exclude=["*.__pycache__"]
+    ),
 )

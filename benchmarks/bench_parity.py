@@ -12,11 +12,21 @@ the per-request path's overhead, 32 the batched throughput.
 Both servers get the same engine args. The controller runs with one pooled
 worker and parking off (``--park-memory-gb 0``): parking turns on vLLM's
 sleep mode, an engine arg that stock ``vllm serve`` does not have, so it is
-left out to compare like with like.
+left out to compare like with like. Sides (``--sides``):
+
+- ``stock``: ``vllm serve``;
+- ``controller``: the model loaded into the pool;
+- ``swapped``: the model brought up by same-shape swaps (one model slot;
+  ``--swaps`` swaps back and forth between it and a checkpoint of the same
+  shape with other weights, the device memory in use read after each), so
+  it serves from an engine built for another checkpoint;
+- ``fewgraphs``: the model loaded with the CUDA-graph capture sizes cut to
+  the powers of two (``FEW_CAPTURE_SIZES``): what fewer graphs save at load
+  and what they cost in throughput.
 
 Writes ``parity-<gpu>-<date>.json`` after every benchmark (a second call
-resumes), with ``throughput_ratio`` and ``ttft_p50_ratio`` (controller /
-stock) per concurrency; ``report_gpu.py`` renders it.
+resumes), with ``ratios`` (side / stock, per metric and concurrency);
+``report_gpu.py`` renders it.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from gpu_common import (  # noqa: E402
     bench_serve_cmd,
     clip,
     ensure_models,
+    gpu_memory_used_mib,
     install_sigterm_handler,
     log,
     run_to_end,
@@ -46,7 +57,10 @@ from gpu_common import (  # noqa: E402
     wait_gpu_free,
 )
 
-SIDES = ("stock", "controller")
+SIDES = ("stock", "controller", "swapped", "fewgraphs")
+# The fewgraphs side's capture sizes; vLLM's default for these engine args
+# is 51 sizes: 1, 2, 4, then every 8 up to 256 and every 16 up to 512.
+FEW_CAPTURE_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 # vllm bench serve's --random-range-ratio: lengths uniform in
 # len*(1-r)..len*(1+r); with the default lengths, prompts of 52-972 tokens
 # and outputs of 64-256.
@@ -71,6 +85,7 @@ class Parity:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.concurrency = [int(c) for c in args.concurrency.split(",")]
+        self.sides = args.sides.split(",")
         settings = {
             "model": args.model,
             "num_prompts": args.num_prompts,
@@ -84,27 +99,78 @@ class Parity:
             "client": "vllm bench serve (upstream), --dataset-name random, "
             "/v1/completions, streaming",
             "controller": {"num_workers": 1, "park_memory_gb": 0.0},
+            "sides": self.sides,
+            "swaps": args.swaps,
+            "few_capture_sizes": FEW_CAPTURE_SIZES,
         }
         meta = {"engine_args": args.engine_args, "settings": settings}
-        empty = {side: {} for side in SIDES}
+        empty = {side: {} for side in self.sides}
         self.results = Results(args, "parity", meta, empty)
         self.data = self.results.data
 
     def save(self) -> None:
-        self.data.update(ratios(self.data))
+        self.data["ratios"] = ratios(self.data)
         self.results.save()
 
     def estimate(self, key: str, concurrency: str) -> float:
-        seen = [self.data[side].get(concurrency, {}).get("wall_s") for side in SIDES]
+        seen = [self.data[s].get(concurrency, {}).get("wall_s") for s in self.sides]
         seen = [x for x in seen if x]
         return max(seen) * 1.2 if seen else DEFAULT_ESTIMATES_S[key]
 
     def server(self, side: str, base: Path) -> Server:
+        engine_args = self.args.engine_args
         if side == "stock":
-            return Server.stock(base, self.args.model, self.args.engine_args)
+            return Server.stock(base, self.args.model, engine_args)
         flags = [str(base), "--num-workers", "1", "--keep-alive", "-1"]
         flags += ["--park-memory-gb", "0"]
-        return Server.controller(flags, self.args.engine_args)
+        if side == "swapped":
+            flags += [
+                "--max-loaded-models",
+                "1",
+                "--allowed-model-dir",
+                str(base.parent),
+            ]
+        if side == "fewgraphs":
+            sizes = {"cudagraph_capture_sizes": FEW_CAPTURE_SIZES}
+            engine_args = {**engine_args, "compilation_config": sizes}
+        return Server.controller(flags, engine_args)
+
+    def swap_back_and_forth(self, server: Server, base: Path) -> dict[str, Any]:
+        """``--swaps`` loads alternating between a checkpoint of ``base``'s
+        shape with other weights and ``base`` itself, each of which must be
+        a swap into the engine the other left; ends with ``base`` swapped
+        in. Per swap: seconds, device memory in use after it, and whether
+        the checkpoint answered the tokens it answered the first time."""
+        model = self.args.model
+        other = ensure_models(base.parent, [model], seed=1)[model]
+        tokens = {model: stream_completion(server.url, model)["token_ids"]}
+        swaps = []
+        for i in range(self.args.swaps):
+            path, name = (other, other.name) if i % 2 == 0 else (base, model)
+            start = time.perf_counter()
+            resp = server.api(
+                "POST", "/v1/controller/models", {"model": str(path), "name": name}
+            )
+            load_s = time.perf_counter() - start
+            if resp.get("brought_up") != "swap":
+                raise RuntimeError(
+                    f"swap {i + 1} to {name} was a {resp.get('brought_up')!r}"
+                )
+            ids = stream_completion(server.url, name)["token_ids"]
+            swaps.append(
+                {
+                    "to": name,
+                    "load_s": load_s,
+                    "gpu_used_mib": (gpu_memory_used_mib() or (None,))[0],
+                    "tokens_as_first_time": tokens.setdefault(name, ids) == ids,
+                }
+            )
+        if swaps and swaps[-1]["to"] != model:
+            raise RuntimeError("--swaps must be even: the benchmark serves the base")
+        return {
+            "swaps": swaps,
+            "checkpoints_differ": len({*map(tuple, tokens.values())}) > 1,
+        }
 
     def bench(self, side: str, base: Path, url: str, concurrency: int) -> dict:
         """One ``vllm bench serve`` run; its summary metrics (lists dropped)."""
@@ -152,6 +218,11 @@ class Parity:
                 "first_completion_s": first["completion_s"],
                 "log": log_path.name,
             }
+            if side != "stock":
+                listing = server.api("GET", "/v1/controller/models")
+                self.data[side]["server"]["load_timings_s"] = listing[0]["timings_s"]
+            if side == "swapped":
+                self.data[side].update(self.swap_back_and_forth(server, base))
             log(f"{side}: server ready in {ready:.1f} s")
             self.save()
             for c in todo:
@@ -182,36 +253,39 @@ class Parity:
         with self.results.call():
             model = self.args.model
             base = ensure_models(self.args.models_dir, [model])[model]
-            for side in SIDES:
+            for side in self.sides:
                 try:
                     if not self.run_side(side, base):
                         break
                 except Exception as e:
                     self.data[side]["error"] = clip(f"{type(e).__name__}: {e}")
                     log(f"{side}: FAILED: {e}")
-            self.data.update(ratios(self.data))
+            self.data["ratios"] = ratios(self.data)
         missing = [
             f"{s} c={c}"
-            for s in SIDES
+            for s in self.sides
             for c in self.concurrency
             if str(c) not in self.data[s]
         ]
-        if not missing:
-            for key in ("throughput_ratio", "ttft_p50_ratio", "itl_p50_ratio"):
-                log(f"{key} (controller / stock): {self.data.get(key)}")
+        for side, by_metric in self.data["ratios"].items():
+            log(f"{side} / stock: {json.dumps(by_metric)}")
         return self.results.finish(missing)
 
 
-def ratios(data: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """controller / stock for each metric of ``RATIOS``, per concurrency."""
-    out: dict[str, dict[str, float]] = {name: {} for name in RATIOS}
-    for c, stock in data.get("stock", {}).items():
-        ctrl = data.get("controller", {}).get(c)
-        if not (c.isdigit() and isinstance(stock, dict) and isinstance(ctrl, dict)):
+def ratios(data: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """side / stock for each metric of ``RATIOS``, per side and concurrency."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for side in data["metadata"]["settings"].get("sides", ["controller"]):
+        if side == "stock":
             continue
-        for name, metric in RATIOS.items():
-            if stock.get(metric) and ctrl.get(metric) is not None:
-                out[name][c] = ctrl[metric] / stock[metric]
+        out[side] = {name: {} for name in RATIOS}
+        for c, stock in data.get("stock", {}).items():
+            ours = data.get(side, {}).get(c)
+            if not (c.isdigit() and isinstance(stock, dict) and isinstance(ours, dict)):
+                continue
+            for name, metric in RATIOS.items():
+                if stock.get(metric) and ours.get(metric) is not None:
+                    out[side][name][c] = ours[metric] / stock[metric]
     return out
 
 
@@ -222,6 +296,8 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, default=200)
     parser.add_argument("--input-len", type=int, default=512)
     parser.add_argument("--output-len", type=int, default=160)
+    parser.add_argument("--sides", default="stock,controller", help=f"of {SIDES}")
+    parser.add_argument("--swaps", type=int, default=20, help="swapped side's swaps")
     add_common_args(parser)
     args = parser.parse_args()
     if args.engine_args is None:

@@ -289,9 +289,10 @@ PARITY_HEADER = (
 def parity_markdown(path: Path, data: dict[str, Any]) -> str:
     meta = data["metadata"]
     s = meta.get("settings", {})
+    sides = s.get("sides", ["stock", "controller"])
     rows = []
     for c in s.get("concurrency", []):
-        for side in ("stock", "controller"):
+        for side in sides:
             m = data.get(side, {}).get(str(c))
             if not isinstance(m, dict):
                 rows.append(f"| {c} | {side} | – | – | – | – | – | – | – |")
@@ -310,20 +311,23 @@ def parity_markdown(path: Path, data: dict[str, Any]) -> str:
         "itl_p50_ratio",
         "itl_p99_ratio",
     )
+    # Files written before there were several sides: top-level, controller's.
+    by_side = data.get("ratios") or {"controller": data}
     ratio_rows = [
-        f"| {c} | "
-        + " | ".join(fmt(data.get(k, {}).get(str(c)), 3) for k in ratio_keys)
+        f"| {c} | {side} | "
+        + " | ".join(fmt(r.get(k, {}).get(str(c)), 3) for k in ratio_keys)
         + " |"
+        for side, r in by_side.items()
         for c in s.get("concurrency", [])
     ]
     errors = [
         f"- {side} failed: `{error_summary(data[side]['error'])}`"
-        for side in ("stock", "controller")
+        for side in sides
         if isinstance(data.get(side), dict) and data[side].get("error")
     ]
     servers = ", ".join(
         f"{side} {data[side]['server']['ready_s']:.1f} s"
-        for side in ("stock", "controller")
+        for side in sides
         if isinstance(data.get(side, {}).get("server"), dict)
     )
     rr = s.get("range_ratio", {})
@@ -345,7 +349,7 @@ Method: the same {s.get("num_prompts")} requests to each server, one server
 at a time on the same GPU, through upstream's `vllm bench serve` (random
 dataset, seed {s.get("seed")}: {prompts} with `ignore_eos`; greedy;
 streamed `/v1/completions`), all submitted at once behind a concurrency
-limit. Model: {s.get("model")} shape. Engine args on both sides:
+limit. Model: {s.get("model")} shape. Engine args on every side:
 `{json.dumps(meta.get("engine_args"))}`. The controller had one pooled
 worker and `--park-memory-gb {park}` (0: no sleep mode, so its engine args
 equal stock's). Server start to ready: {servers or "–"}.
@@ -353,11 +357,11 @@ equal stock's). Server start to ready: {servers or "–"}.
 {PARITY_HEADER}
 {chr(10).join(rows)}
 
-Controller / stock (1.0 = parity; above 1 is better for throughput, worse
+Side / stock (1.0 = parity; above 1 is better for throughput, worse
 for latencies):
 
-| concurrency | output throughput | TTFT p50 | ITL p50 | ITL p99 |
-|---|---|---|---|---|
+| concurrency | side | output throughput | TTFT p50 | ITL p50 | ITL p99 |
+|---|---|---|---|---|---|
 {chr(10).join(ratio_rows)}
 {chr(10) + chr(10).join(errors) if errors else ""}
 """

@@ -20,7 +20,8 @@
 #                  SCENARIOS=stock_serve,ctrl_new,ctrl_reload,ctrl_unpark
 #                  ~13 min (2 calls)
 #   parity         bench_parity.py, Qwen3-0.6B shape: `vllm bench serve`,
-#                  $PROMPTS prompts at concurrency 1 and 32 per side  ~5 min
+#                  $PROMPTS prompts at $CONCURRENCY per side of $SIDES
+#                  (stock, controller, swapped, fewgraphs)  ~2.5 min a side
 #   leak           gpu_lifecycle.py, $CYCLES (default 6) cycles of two small
 #                  models without sleep mode, with it, with it and eager ~6-8 min
 #   drift          gpu_lifecycle.py, 20 cycles with parking, stock tokens ~7.5 min
@@ -62,6 +63,8 @@ DEADLINE_S="${DEADLINE_S:-510}"
 RUNS="${RUNS:-3}"
 PARK_GB="${PARK_GB:-48}"
 PROMPTS="${PROMPTS:-200}"
+SIDES="${SIDES:-stock,controller}"
+CONCURRENCY="${CONCURRENCY:-1,32}"
 SCENARIOS="${SCENARIOS:-stock_serve,stock_llm,ctrl_new,ctrl_swap,ctrl_swap_cached,ctrl_new_arch,ctrl_reload,ctrl_unpark,sleep_wake}"
 SHAPES="${SHAPES:-qwen3-0.6b,llama-3.1-8b}"
 ENGINE=()
@@ -134,7 +137,7 @@ run_stage() {
         ;;
     parity)
         bench benchmarks/bench_parity.py --model qwen3-0.6b --num-prompts "$PROMPTS" \
-            --concurrency 1,32 ${ENGINE[@]+"${ENGINE[@]}"} || rc=$?
+            --concurrency "$CONCURRENCY" --sides "$SIDES" ${ENGINE[@]+"${ENGINE[@]}"} || rc=$?
         collect "$stage"
         ;;
     leak)
@@ -180,8 +183,9 @@ run_stage() {
         local tiny='{"max_model_len": 512, "enforce_eager": true}'
         bench benchmarks/bench_startup.py --models tiny-qwen3 --runs 1 \
             --num-workers 1 --engine-args "$tiny" || rc=$?
-        bench benchmarks/bench_parity.py --model tiny-qwen3 --num-prompts 8 \
-            --concurrency 1,4 --input-len 64 --output-len 16 --engine-args "$tiny" || rc=$?
+        bench benchmarks/bench_parity.py --model tiny-qwen3 --num-prompts 8 --swaps 2 \
+            --concurrency 1,4 --input-len 64 --output-len 16 --engine-args "$tiny" \
+            --sides stock,controller,swapped,fewgraphs || rc=$?
         collect "$stage"
         ;;
     rel-smoke)

@@ -3,6 +3,7 @@
 
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import vllm
@@ -34,3 +35,20 @@ def test_repo_tracks_no_upstream_files():
     if not tracked:  # not a git checkout (e.g. an sdist)
         return
     assert all(f.startswith("vllm/worker_controller/") for f in tracked)
+
+
+def test_wheel_has_every_subpackage(tmp_path):
+    """A regular (non-editable) install gets every package of the source
+    tree, and nothing of upstream's."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps"]
+        + ["--no-build-isolation", str(REPO), "-w", str(tmp_path)],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    source = REPO / "vllm" / "worker_controller"
+    packages = {p.parent.relative_to(REPO) for p in source.rglob("__init__.py")}
+    assert {Path(n).parent for n in names if n.endswith("__init__.py")} == packages
+    assert all(n.startswith(("vllm/worker_controller/", "vllm_worker")) for n in names)
