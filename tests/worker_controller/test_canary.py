@@ -325,6 +325,21 @@ ASSUMPTIONS: dict[str, Callable[[], Any]] = {
             )
         )
     ),
+    "AsyncLLM.engine_core is an MPClient whose resources hold ctx (the "
+    "context that owns its sockets' handle) and output_queue_task (a task on "
+    "the loop that closes them): compat.engine.shutdown_engine_client": (
+        lambda: (
+            mentions(
+                __import__("vllm.v1.engine.core_client", fromlist=["x"]).MPClient,
+                "self.ctx = zmq.asyncio.Context(sync_ctx)",
+                "self.resources = BackgroundResources(",
+            )
+            and mentions(
+                __import__("vllm.v1.engine.core_client", fromlist=["x"]).AsyncMPClient,
+                "resources.output_queue_task",
+            )
+        )
+    ),
 }
 
 

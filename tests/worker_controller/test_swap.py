@@ -6,7 +6,10 @@ The checkpoints share config and tokenizer but not weights (another seed),
 so equal tokens prove the new weights are the ones that run."""
 
 import asyncio
+import gc
+import weakref
 
+import psutil
 import pytest
 
 from tests.worker_controller.conftest import TINY_ARGS
@@ -41,7 +44,8 @@ def test_swap_back_and_forth(controller, tiny_models, checkpoints, greedy, eager
     first = controller.load(checkpoints["a"], "a", **args)
     assert first.brought_up == "load"
     assert greedy("a", PROMPT, 12) == expected["a"]
-    current, rss = "a", []
+    current, rss, threads = "a", [], []
+    clients = [weakref.ref(controller.engine_client("a"))]
     for i in range(SWAPS if eager else 4):
         target = "b" if current == "a" else "a"
         path = checkpoints[target]
@@ -54,12 +58,19 @@ def test_swap_back_and_forth(controller, tiny_models, checkpoints, greedy, eager
         assert current not in listed and listed[target]["brought_up"] == "swap"
         assert greedy(target, PROMPT, 12) == expected[target], (i, target)
         rss.append(worker_rss(controller, first.worker_pids[0]))
+        threads.append(psutil.Process().num_threads())
+        clients.append(weakref.ref(controller.engine_client(target)))
         current = target
     # The kept engine does not grow: no KV cache, graph or weights per swap.
     assert max(rss[2:]) - rss[1] < 64 << 20, [r >> 20 for r in rss]
+    # Nor does the front end: each swap's AsyncLLM left its ZMQ context's
+    # three threads behind until shutdown_engine_client ended it.
+    assert max(threads[2:]) - threads[1] < 3, threads
     assert greedy("bystander", PROMPT) == bystander
     controller.unload(current)
     controller.unload("bystander")
+    gc.collect()
+    assert [c for c in clients if c() is not None] == []  # no AsyncLLM kept
 
 
 def test_swap_needs_the_same_engine_shape(controller, checkpoints, greedy):

@@ -33,7 +33,7 @@ from vllm.logger import init_logger
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.worker_controller.compat.engine import (
     EngineZmqAddresses,
-    cancel_task_threadsafe,
+    shutdown_engine_client,
 )
 from vllm.worker_controller.compat.executor import (
     get_distributed_init_method,
@@ -698,11 +698,7 @@ class WorkerController:
             and time.monotonic() < deadline
         ):
             time.sleep(0.05)
-        # Stop the output handler before the sockets close: otherwise it
-        # reads the closing socket as a dead engine and logs a failure.
-        if (handler := client.output_handler) is not None:
-            cancel_task_threadsafe(handler)
-        client.shutdown()
+        shutdown_engine_client(client)
 
     # ------------------------------------------------------- park / unpark
 
