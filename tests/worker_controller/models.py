@@ -174,14 +174,54 @@ def build_model(
     return out
 
 
-def hf_greedy(model_dir: Path, prompt: str, max_tokens: int) -> list[int]:
-    """Token ids that HF transformers generates greedily after ``prompt``.
+# Every projection vLLM's Llama and Qwen3 take LoRA on.
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"]
+LORA_TARGETS.append("down_proj")
+
+
+def build_lora_adapter(base: Path, dest: Path, seed: int, rank: int = 8) -> Path:
+    """A random LoRA adapter of ``base`` (PEFT's format) in ``dest``, built
+    once. PEFT starts B at zero (the adapter would change nothing): here
+    every LoRA weight is drawn from the seed, at a scale that changes the
+    greedy tokens."""
+    if dest.exists():
+        return dest
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    config = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS, lora_dropout=0.0
+    )
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.1)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        peft_model.save_pretrained(tmp)
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def hf_greedy(
+    model_dir: Path, prompt: str, max_tokens: int, adapter: Path | None = None
+) -> list[int]:
+    """Token ids that HF transformers generates greedily after ``prompt``
+    (with the PEFT LoRA ``adapter`` applied, if given).
 
     Same semantics as vLLM's ``SamplingParams(temperature=0,
     max_tokens=max_tokens, ignore_eos=True)``: exactly ``max_tokens`` new ids.
     """
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
     inputs = tokenizer(prompt, return_tensors="pt")
     config = copy.deepcopy(model.generation_config)
     config.eos_token_id = None  # ignore_eos

@@ -18,7 +18,14 @@ import torch
 import uvicorn
 
 from tests.worker_controller.conftest import TINY_ARGS
-from vllm.worker_controller.compat import cumem, engine, executor, metrics, serving
+from vllm.worker_controller.compat import (
+    cumem,
+    engine,
+    executor,
+    lora,
+    metrics,
+    serving,
+)
 from vllm.worker_controller.compat import process_state as ps
 
 
@@ -242,6 +249,54 @@ ASSUMPTIONS: dict[str, Callable[[], Any]] = {
     ),
     "uvicorn.Server keeps _captured_signals": lambda: mentions(
         uvicorn.Server, "self._captured_signals"
+    ),
+    # LoRA adapters (compat/lora.py, adapters.py, router.py)
+    "init_app_state puts an OpenAIServingModels on state.openai_serving_models": (
+        lambda: mentions(
+            serving.init_app_state,
+            "state.openai_serving_models = OpenAIServingModels(",
+        )
+    ),
+    "OpenAIServingModels: load_lora_adapter(request, base_model_name) registers "
+    "lora_requests[name] (a LoRARequest with lora_path), unload_lora_adapter("
+    "request)": lambda: (
+        params(lora.OpenAIServingModels.load_lora_adapter, "request", "base_model_name")
+        and params(lora.OpenAIServingModels.unload_lora_adapter, "request")
+        and mentions(
+            lora.OpenAIServingModels.load_lora_adapter,
+            "self.lora_requests[lora_name] = lora_request",
+            "lora_path=lora_path",
+        )
+    ),
+    "LoadLoRAAdapterRequest(lora_name, lora_path, load_inplace), "
+    "UnloadLoRAAdapterRequest(lora_name)": lambda: (
+        lora.LoadLoRAAdapterRequest(lora_name="a", lora_path="/p", load_inplace=True)
+        and lora.UnloadLoRAAdapterRequest(lora_name="a")
+    ),
+    "the serving layer runs a request whose model is a registered adapter's "
+    "name with that adapter": lambda: mentions(
+        __import__(
+            "vllm.entrypoints.serve.engine.serving", fromlist=["x"]
+        ).BaseServing._maybe_get_adapters,
+        "self.models.lora_requests[request.model]",
+    ),
+    "upstream's run-time LoRA routes are RUNTIME_LORA_PATHS, attached with "
+    "VLLM_ALLOW_RUNTIME_LORA_UPDATING": lambda: mentions(
+        __import__("vllm.entrypoints.serve.lora.api_router", fromlist=["x"]),
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING",
+        *(f'"{path}"' for path in sorted(lora.RUNTIME_LORA_PATHS)),
+    ),
+    "PEFTHelper.from_local_dir(lora_path, max_position_embeddings), "
+    "validate_legal(lora_config), r": lambda: (
+        params(lora.PEFTHelper.from_local_dir, "lora_path", "max_position_embeddings")
+        and params(lora.PEFTHelper.validate_legal, "lora_config")
+        and "r" in {f.name for f in __import__("dataclasses").fields(lora.PEFTHelper)}
+    ),
+    "MaxLoRARanks is the Literal of the max_lora_rank values vLLM accepts": lambda: (
+        __import__("typing").get_args(
+            __import__("vllm.config.lora", fromlist=["x"]).MaxLoRARanks
+        )[:3]
+        == (1, 8, 16)
     ),
     # metrics (compat/metrics.py)
     "PrometheusStatLogger and its families take their metric classes from "

@@ -93,3 +93,24 @@ class RemoteCallError(WorkerControllerError):
         self.method = method
         self.error_type = error_type
         self.remote_message = message
+
+
+class InvalidAdapterError(WorkerControllerError, ValueError):
+    """A LoRA adapter folder the engine would refuse (no config or weights,
+    a rank above the base's ``max_lora_rank``, DoRA, bias, ...); checked
+    before any engine sees it."""
+
+
+class AdapterLoadError(WorkerControllerError):
+    """The base's engine refused a LoRA adapter that passed the checks
+    (e.g. weights that do not fit the base); the base serves on without it."""
+
+
+class AdapterConflictError(WorkerControllerError):
+    """A LoRA adapter cannot be added or removed in the state things are in
+    (the name is taken, the adapter is the catalog's, ...)."""
+
+
+class LoRANotEnabledError(AdapterConflictError):
+    """A LoRA adapter's base is loaded without LoRA (``enable_lora``): its
+    next load enables it, this one cannot."""

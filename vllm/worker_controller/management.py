@@ -10,6 +10,7 @@ Every answer, errors included, is JSON in the OpenAI error shape.
 """
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,8 +22,11 @@ from starlette.types import ASGIApp
 
 from vllm.worker_controller.access import BearerAuth, check_engine_args
 from vllm.worker_controller.errors import (
+    AdapterConflictError,
+    AdapterLoadError,
     EngineArgNotAllowedError,
     InsufficientWorkersError,
+    InvalidAdapterError,
     InvalidEngineArgsError,
     ModelAlreadyLoadedError,
     ModelBusyError,
@@ -40,6 +44,9 @@ from vllm.worker_controller.router import ModelRouter
 # PoolTooSmallError is an InsufficientWorkersError that waiting cannot fix).
 _STATUS: dict[type[Exception], int] = {
     InvalidEngineArgsError: 400,
+    InvalidAdapterError: 400,
+    AdapterConflictError: 409,
+    AdapterLoadError: 422,
     PoolTooSmallError: 400,
     EngineArgNotAllowedError: 403,
     ModelNotFoundError: 404,
@@ -71,6 +78,17 @@ class LoadRequest(BaseModel):
     model: str
     name: str | None = None
     engine_args: dict[str, Any] = Field(default_factory=dict)
+
+
+class AdapterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    """What clients send as ``model``."""
+    base: str
+    """The model it adapts: a name the server can load."""
+    path: str
+    """The adapter's folder (PEFT: adapter_config.json and weights)."""
 
 
 def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
@@ -147,6 +165,31 @@ def build_management_app(router: ModelRouter, admin_token: str) -> ASGIApp:
             return JSONResponse(await router.unpark(name))
         except WorkerControllerError as e:
             return _controller_error(e)
+
+    @app.post("/v1/controller/adapters")
+    async def add_adapter(request: AdapterRequest) -> JSONResponse:
+        if not router.is_allowed(request.path):
+            return _error(
+                403, f"{request.path!r} is not under --allowed-model-dir", "path"
+            )
+        path = str(Path(request.path).resolve())  # what was checked
+        try:
+            return JSONResponse(
+                await router.add_adapter(request.name, request.base, path)
+            )
+        except WorkerControllerError as e:
+            return _controller_error(e)
+
+    @app.delete("/v1/controller/adapters/{name}")
+    async def remove_adapter(name: str) -> JSONResponse:
+        try:
+            return JSONResponse(await router.remove_adapter(name))
+        except WorkerControllerError as e:
+            return _controller_error(e)
+
+    @app.get("/v1/controller/adapters")
+    async def adapters() -> JSONResponse:
+        return JSONResponse(router.list_adapters())
 
     @app.get("/v1/controller/models")
     async def models() -> JSONResponse:

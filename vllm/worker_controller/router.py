@@ -9,7 +9,9 @@ unparking it, with room reserved by ``placement.py``), and hands the request
 to the model's app. It answers itself what spans models (``GET /v1/models``,
 unknown models and routes, ``/health``, ``/metrics``), always with an
 OpenAI-shaped error body: a 4xx for bad input, a 503 with ``Retry-After``
-when the model cannot serve yet.
+when the model cannot serve yet. A LoRA adapter's name routes to its base
+model's app, which serves the adapter through upstream's LoRA support
+(``adapters.py``).
 """
 
 import asyncio
@@ -31,6 +33,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from vllm import __version__ as VLLM_VERSION
 from vllm.logger import init_logger
 from vllm.worker_controller.access import BearerAuth
+from vllm.worker_controller.adapters import (
+    LORA_RANKS,
+    AdapterEntry,
+    AdapterRegistry,
+    check_adapter,
+    lora_engine_args,
+)
+from vllm.worker_controller.compat.lora import RUNTIME_LORA_PATHS
 from vllm.worker_controller.compat.serving import (
     EngineDeadError,
     EngineGenerateError,
@@ -46,6 +56,10 @@ from vllm.worker_controller.controller import (
     WorkerController,
 )
 from vllm.worker_controller.errors import (
+    AdapterConflictError,
+    AdapterLoadError,
+    InvalidAdapterError,
+    LoRANotEnabledError,
     ModelAlreadyLoadedError,
     ModelBusyError,
     ModelNotFoundError,
@@ -165,7 +179,7 @@ class ModelRouter:
         allowed_model_dir: Path | None = None,
         max_loaded_models: int | None = None,
         load_wait_s: float = 30.0,
-        catalog: dict[str, CatalogEntry] | None = None,
+        catalog: dict[str, CatalogEntry | AdapterEntry] | None = None,
         keep_alive_s: float = math.inf,
         api_keys: list[str] | None = None,
         max_body_bytes: int = 32 << 20,
@@ -175,7 +189,12 @@ class ModelRouter:
         self.engine_args = engine_args
         self.allowed_model_dir = allowed_model_dir
         self.load_wait_s = load_wait_s
-        self.catalog = catalog or {}
+        catalog = catalog or {}
+        self.catalog = {n: e for n, e in catalog.items() if isinstance(e, CatalogEntry)}
+        self.adapters = AdapterRegistry(
+            {n: e for n, e in catalog.items() if isinstance(e, AdapterEntry)}
+        )
+        self._adapter_changes = asyncio.Lock()
         self.keep_alive_s = keep_alive_s
         self.max_body_bytes = max_body_bytes
         self.metrics = ControllerMetrics()
@@ -248,8 +267,8 @@ class ModelRouter:
         weight cache are warm. A model that fails is logged and skipped."""
         shapes: set[str] = set()
         for name, entry in self.catalog.items():
-            args = {**self.engine_args, **entry.engine_args}
             try:
+                args = self._engine_args(name, entry.engine_args)
                 prepared = await asyncio.to_thread(
                     self.controller.prepare, entry.model, name, **args
                 )
@@ -284,8 +303,10 @@ class ModelRouter:
             raise ModelAlreadyLoadedError(
                 f"A model named {name!r} is already loaded ({state.value})"
             )
-        args = {**self.engine_args, **engine_args}
+        if self.adapters.get(name) is not None:
+            raise ModelAlreadyLoadedError(f"{name!r} is the name of a LoRA adapter")
         try:
+            args = self._engine_args(name, engine_args)
             prepared = await asyncio.to_thread(
                 self.controller.prepare, model, name, **args
             )
@@ -312,6 +333,14 @@ class ModelRouter:
             "weights_load": loaded.weights_load,
             "timings_s": loaded.timings_s,
         }
+
+    def _engine_args(self, name: str, engine_args: dict[str, Any]) -> dict[str, Any]:
+        """The engine args a load of ``name`` gets: the command line's, the
+        load's own, and LoRA if adapters name it as their base."""
+        args = {**self.engine_args, **engine_args}
+        if adapters := self.adapters.of_base(name):
+            args = lora_engine_args(args, (a.rank for a in adapters.values()))
+        return args
 
     async def _load_reserved(
         self, name: str, model: str, prepared: PreparedLoad
@@ -712,8 +741,8 @@ class ModelRouter:
         self, scope: Scope, body: bytes, receive: Receive, send: Send
     ) -> None:
         name = _model_name(body)
-        if name is None:  # as `vllm serve`: the one model there is
-            names = [c["id"] for c in self._model_cards()]
+        if name is None:  # as `vllm serve`: the one (base) model there is
+            names = [c["id"] for c in self._model_cards() if c["parent"] is None]
             if len(names) != 1:
                 await send_error(
                     send,
@@ -728,18 +757,34 @@ class ModelRouter:
         if isinstance(name, _Invalid):
             await send_error(send, 400, name.message, "BadRequestError", "model")
             return
-        if (
-            self.controller.state(name) is None
-            and name not in self._loading
-            and self.resolve(name) is None
-        ):
-            await _not_found(send, name)
+        # An adapter's request is its base's: loaded, pinned and used.
+        adapter = self.adapters.get(name)
+        base = adapter.base if adapter is not None else name
+        if not self._known(base):
+            await _not_found(send, base)
             return
-        with self.placement.pin(name):
+        if scope["path"] == "/v1/load_lora_adapter" and (
+            taken := self._runtime_name_taken(body, base)
+        ):
+            await send_error(send, 400, taken, "BadRequestError", "lora_name")
+            return
+        with self.placement.pin(base):
             try:
-                served, wait = await self._ensure_ready(name)
+                served, wait = await self._ensure_ready(base)
+                if adapter is not None:
+                    await self._attach(name, adapter, served)
             except ModelNotFoundError:
                 await _not_found(send, name)
+                return
+            except (AdapterConflictError, AdapterLoadError) as e:
+                conflict = isinstance(e, AdapterConflictError)
+                await send_error(
+                    send,
+                    409 if conflict else 422,
+                    str(e),
+                    "ConflictError" if conflict else "UnprocessableEntityError",
+                    "model",
+                )
                 return
             except ModelUnavailableError as e:
                 await send_error(
@@ -775,8 +820,133 @@ class ModelRouter:
             await served.app(
                 scope,
                 _replay(body, receive),
-                _engine_stopped_as_503(send, lambda: self._stopped(name)),
+                _engine_stopped_as_503(send, lambda: self._stopped(base)),
             )
+            if scope["path"] in RUNTIME_LORA_PATHS:
+                self.adapters.learn_runtime(base, served.app)
+
+    def _known(self, name: str) -> bool:
+        """Whether a request may name ``name`` as a model (not an adapter)."""
+        return (
+            self.controller.state(name) is not None
+            or name in self._loading
+            or self.resolve(name) is not None
+        )
+
+    def _runtime_name_taken(self, body: bytes, base: str) -> str | None:
+        """Why upstream's /v1/load_lora_adapter may not take this
+        ``lora_name`` here (a model's name, or an adapter that is not a
+        run-time one of this base): names route across models."""
+        lora_name = json.loads(body).get("lora_name")
+        if not isinstance(lora_name, str):
+            return None  # upstream's validation answers
+        entry = self.adapters.get(lora_name)
+        if entry is None and not self._known(lora_name):
+            return None
+        if entry is not None and entry.origin == "runtime" and entry.base == base:
+            return None
+        return f"`{lora_name}` already names a model or adapter"
+
+    async def _attach(
+        self, name: str, entry: AdapterEntry, served: _Served, registered: bool = True
+    ) -> None:
+        """Has the (pinned, ready) base's app serve the adapter."""
+        client = self.controller.engine_client(entry.base)
+        if client.vllm_config.lora_config is None:
+            raise LoRANotEnabledError(
+                f"The base model `{entry.base}` of adapter `{name}` is loaded "
+                "without LoRA (enable_lora): unload it, and its next load "
+                "enables LoRA"
+            )
+        await self.adapters.attach(name, entry, served.app, registered)
+
+    # ---------------------------------------------------------- adapters
+
+    async def add_adapter(self, name: str, base: str, path: str) -> dict[str, Any]:
+        """Registers a LoRA adapter of ``base`` (the management API; the
+        caller checked that ``path`` is allowed). Checked before anything
+        changes: the name is free, the base is a known model, the folder
+        passes upstream's checks within the base's ``max_lora_rank``; a
+        ready base's engine loads it at once (so that broken weights fail
+        here), any other base's on the adapter's first request. Nothing is
+        loaded or evicted for it."""
+        async with self._adapter_changes:
+            if not name or len(name) > _MAX_NAME_LEN or "\0" in name:
+                raise InvalidAdapterError(f"Invalid adapter name {name[:100]!r}")
+            if self.adapters.get(name) is not None or self._known(name):
+                raise AdapterConflictError(f"`{name}` already names a model or adapter")
+            if self.adapters.get(base) is not None:
+                raise InvalidAdapterError(f"`{base}` is an adapter, not a base model")
+            if not self._known(base):
+                raise ModelNotFoundError(f"The base model `{base}` does not exist.")
+            state = self.controller.state(base)
+            if base in self._loading or state in (
+                ModelState.LOADING,
+                ModelState.UNLOADING,
+            ):
+                raise AdapterConflictError(
+                    f"The base model `{base}` is being loaded or unloaded; try again"
+                )
+            served = self._served.get(base)
+            with self.placement.pin(base):
+                if state in (None, ModelState.FAILED) or served is None:
+                    origin = self.resolve(base)
+                    if origin is None:  # known only as a loaded model
+                        raise ModelNotFoundError(f"The base model `{base}` is gone.")
+                    base_path = origin.model
+                    # As its next load will get them (before its adapters'
+                    # ranks are fitted: this one counts too).
+                    args = {**self.engine_args, **origin.engine_args}
+                    if args.get("enable_lora") is False:
+                        raise LoRANotEnabledError(
+                            f"The base model `{base}` sets enable_lora: false"
+                        )
+                    max_rank = args.get("max_lora_rank", LORA_RANKS[-1])
+                else:
+                    base_path = served.model
+                    lora = self.controller.engine_client(base).vllm_config.lora_config
+                    if lora is None:
+                        raise LoRANotEnabledError(
+                            f"The base model `{base}` is loaded without LoRA "
+                            "(enable_lora): unload it first, and its next load "
+                            "enables LoRA"
+                        )
+                    max_rank = lora.max_lora_rank
+                rank = await asyncio.to_thread(check_adapter, path, max_rank, base_path)
+                entry = AdapterEntry(base, path, "management", rank)
+                if state == ModelState.READY and served is not None:
+                    await self._attach(name, entry, served, registered=False)
+                self.adapters.add(name, entry)
+        return {**entry.describe(name), "state": self._adapter_state(entry)}
+
+    async def remove_adapter(self, name: str) -> dict[str, Any]:
+        """Unregisters a management or run-time adapter; its base's app
+        stops serving it (requests running with it finish)."""
+        async with self._adapter_changes:
+            entry = self.adapters.get(name)
+            if entry is None:
+                raise ModelNotFoundError(f"No adapter named {name!r}")
+            if entry.origin == "catalog":
+                raise AdapterConflictError(
+                    f"Adapter {name!r} is defined by the model catalog"
+                )
+            self.adapters.remove(name)
+            if (served := self._served.get(entry.base)) is not None:
+                await self.adapters.detach(name, served.app)
+        return {"name": name, "removed": True}
+
+    def list_adapters(self) -> list[dict[str, Any]]:
+        return [
+            {**entry.describe(name), "state": self._adapter_state(entry)}
+            for name, entry in self.adapters.items()
+        ]
+
+    def _adapter_state(self, entry: AdapterEntry) -> str:
+        """An adapter is in its base's state (``available`` if not loaded)."""
+        state = self.controller.state(entry.base)
+        if entry.base in self._loading and state is None:
+            return "loading"
+        return state.value if state is not None else "available"
 
     def _model_cards(self) -> list[dict[str, Any]]:
         """vLLM's model cards (``max_model_len`` once the model is loaded),
@@ -796,10 +966,12 @@ class ModelRouter:
             cards.setdefault(name, {"root": entry.model, "state": "available"})
         if self.allowed_model_dir is not None:
             for path in sorted(self.allowed_model_dir.glob("*/config.json")):
+                if self.adapters.get(path.parent.name) is not None:
+                    continue  # a catalog adapter's name shadows the folder
                 cards.setdefault(
                     path.parent.name, {"root": str(path.parent), "state": "available"}
                 )
-        return [
+        models = [
             {
                 **ModelCard(
                     id=name,
@@ -811,6 +983,24 @@ class ModelRouter:
             }
             for name, card in cards.items()
         ]
+        # Adapters, as upstream lists them (`parent`: the base), in their
+        # base's state; an adapter whose base is unknown is not listed.
+        for name, entry in self.adapters.items():
+            if name in cards or entry.base not in cards:
+                continue
+            models.append(
+                {
+                    **ModelCard(
+                        id=name,
+                        root=entry.path,
+                        parent=entry.base,
+                        max_model_len=listed.get(entry.base, {}).get("max_model_len"),
+                        permission=[ModelPermission()],
+                    ).model_dump(),
+                    "state": cards[entry.base]["state"],
+                }
+            )
+        return models
 
 
 @dataclass

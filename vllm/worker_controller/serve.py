@@ -47,6 +47,7 @@ from vllm.worker_controller.access import (
     uvicorn_ssl_kwargs,
     write_secret_file,
 )
+from vllm.worker_controller.adapters import LORA_RANKS, AdapterEntry, check_adapter
 from vllm.worker_controller.compat.serving import (
     FlexibleArgumentParser,
     forget_captured_signals,
@@ -78,7 +79,8 @@ _UNSUPPORTED_FLAGS = {
     "uds": "listen on --host and --port",
     "h11_max_header_count": "uvicorn has no such setting (vllm serve "
     "sets it to no effect)",
-    "lora_modules": "LoRA adapters are not supported",
+    "lora_modules": "name adapters in the --model-catalog (adapter: {base, "
+    "path}) or add them with POST /v1/controller/adapters",
     "api_server_count": "one API server process serves every model",
     "headless": "there is no headless mode",
     "grpc": "there is no gRPC server",
@@ -185,7 +187,8 @@ def make_parser() -> FlexibleArgumentParser:
         help="YAML: models: {NAME: {model: PATH, engine_args: {...}, "
         "keep_alive: 10m, trust_remote_code: false, preload: false}}; loaded "
         "on first request (preload: its weights go to the weight cache at "
-        "start)",
+        "start); a LoRA adapter: {NAME: {adapter: {base: MODEL, path: DIR}}}, "
+        "served by its base's engine",
     )
     group.add_argument(
         "--precompile",
@@ -259,21 +262,52 @@ def parse_duration(text: str | int) -> float:
     return math.inf if seconds < 0 else seconds
 
 
-def load_catalog(path: Path) -> dict[str, CatalogEntry]:
-    """Reads the model catalog. Raises ``ValueError`` naming the entry and
-    the field for engine args outside ``access.py``'s allowlist and the
-    entry's ``allow_engine_args``, and for ``trust_remote_code`` in engine
-    args without the entry's own ``trust_remote_code: true``."""
+def load_catalog(path: Path) -> dict[str, CatalogEntry | AdapterEntry]:
+    """Reads the model catalog: models, and LoRA adapters of them. Raises
+    ``ValueError`` naming the entry and the field for engine args outside
+    ``access.py``'s allowlist and the entry's ``allow_engine_args``, for
+    ``trust_remote_code`` in engine args without the entry's own
+    ``trust_remote_code: true``, and for an adapter whose base is not a
+    catalog model or whose folder the engine would refuse (checked here, so
+    that a broken adapter fails the start, not a request)."""
     models = (yaml.safe_load(path.read_text()) or {}).get("models")
     if not isinstance(models, dict):
         raise ValueError("expected a top-level `models:` mapping")
-    entries = {}
+    entries: dict[str, CatalogEntry | AdapterEntry] = {}
     for name, spec in models.items():
+        if isinstance(spec, dict) and "adapter" in spec:
+            continue  # once every model is known
         try:
             entries[name] = _catalog_entry(spec)
         except (ValueError, WorkerControllerError) as e:
             raise ValueError(f"catalog model {name!r}: {e}") from e
+    for name, spec in models.items():
+        if isinstance(spec, dict) and "adapter" in spec:
+            try:
+                entries[name] = _adapter_entry(spec, entries)
+            except (ValueError, WorkerControllerError) as e:
+                raise ValueError(f"catalog adapter {name!r}: {e}") from e
     return entries
+
+
+def _adapter_entry(spec: dict, models: dict[str, Any]) -> AdapterEntry:
+    adapter = spec["adapter"]
+    if set(spec) != {"adapter"} or not isinstance(adapter, dict):
+        raise ValueError("expected only `adapter: {base: MODEL, path: DIR}`")
+    if set(adapter) != {"base", "path"}:
+        raise ValueError("`adapter` takes exactly `base` and `path`")
+    base, path = adapter["base"], adapter["path"]
+    if not isinstance(base, str) or not isinstance(path, str):
+        raise ValueError("`base` and `path` must be strings")
+    path = str(Path(path).expanduser())
+    base_entry = models.get(base)
+    if not isinstance(base_entry, CatalogEntry):
+        raise ValueError(f"base {base!r} is not a model of this catalog")
+    if base_entry.engine_args.get("enable_lora") is False:
+        raise ValueError(f"base {base!r} sets enable_lora: false")
+    max_rank = base_entry.engine_args.get("max_lora_rank", LORA_RANKS[-1])
+    rank = check_adapter(path, max_rank, base_entry.model)
+    return AdapterEntry(base, path, "catalog", rank)
 
 
 def _catalog_entry(spec: Any) -> CatalogEntry:
@@ -360,7 +394,9 @@ def with_cors(app: ASGIApp, args: Namespace) -> ASGIApp:
 
 
 async def serve(
-    args: Namespace, engine_args: dict, catalog: dict[str, CatalogEntry] | None
+    args: Namespace,
+    engine_args: dict,
+    catalog: dict[str, CatalogEntry | AdapterEntry] | None,
 ) -> None:
     server_kwargs = uvicorn_kwargs(args)  # a bad log config fails first
     requested = [m for m in (args.model_tag, *args.models) if m]
@@ -391,7 +427,7 @@ async def serve(
     await asyncio.to_thread(controller.start)
     if controller.weight_cache is not None:
         for entry in (catalog or {}).values():
-            if entry.preload:
+            if isinstance(entry, CatalogEntry) and entry.preload:
                 controller.weight_cache.admit_in_background(entry.model)
     router = ModelRouter(
         controller,
@@ -447,7 +483,7 @@ async def serve(
 
 def parse_cli(
     argv: list[str] | None = None,
-) -> tuple[Namespace, dict, dict[str, CatalogEntry] | None]:
+) -> tuple[Namespace, dict, dict[str, CatalogEntry | AdapterEntry] | None]:
     """Arguments, the engine flags the user set, and the catalog. A flag
     that cannot be honoured or a bad catalog exits with status 2 and the
     reason, before anything starts."""

@@ -53,10 +53,13 @@ def engine_shape_key(vllm_config: VllmConfig, engine_args: dict) -> str | None:
     """What two engines must share for one to be swapped into the other:
     the architecture digest and the engine args (which, with the HF config,
     determine every graph shape, the KV cache layout and the parallel
-    layout). None where weights cannot simply be copied into a kept model
-    (the cases this module also leaves on the path key)."""
+    layout). None where weights cannot simply be copied into a kept model:
+    the cases this module also leaves on the path key, and engines with
+    LoRA, whose layers vLLM has wrapped (the checkpoint's names no longer
+    match, so upstream's ``reload_weights`` cannot load into them) and whose
+    workers cache adapters by ids that the next engine's app gives anew."""
     model_config = vllm_config.model_config
-    if not _keyable(model_config):
+    if not _keyable(model_config) or vllm_config.lora_config is not None:
         return None
     text = json.dumps(engine_args, sort_keys=True, default=str)
     shape = f"{architecture_digest(model_config)}:{text}"
