@@ -83,6 +83,23 @@ def _controller_error(e: WorkerControllerError) -> JSONResponse:
     return error_response(status, str(e), _KIND[status], retry_after_s=retry_after)
 
 
+def _usage(model: dict[str, Any], workers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where a model runs and what it holds there: its workers' devices and
+    their memory above their boot baselines (device memory on GPU, RSS on
+    CPU; None if a worker did not report it). What an operator looks at
+    before deciding what to unload (``vllm-wc ps``)."""
+    pids = set(model["worker_pids"])
+    own = [w for w in workers if w["kind"] == "worker" and w["pid"] in pids]
+    held = [(w.get("health") or {}).get("memory_bytes") for w in own]
+    memory = None
+    if own and all(isinstance(b, int) for b in held):
+        memory = sum(
+            max(0, b - (w["baseline_bytes"] or 0))
+            for b, w in zip(held, own, strict=True)
+        )
+    return {"devices": [w["device"] for w in own], "memory_bytes": memory}
+
+
 def build_management_app(router: ModelRouter, admin_token: str) -> ASGIApp:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     controller = router.controller
@@ -150,7 +167,13 @@ def build_management_app(router: ModelRouter, admin_token: str) -> ASGIApp:
 
     @app.get("/v1/controller/models")
     async def models() -> JSONResponse:
-        return JSONResponse(controller.list_models())
+        workers = await asyncio.to_thread(controller.list_workers, True)
+        return JSONResponse(
+            [
+                {**m, **_usage(m, workers), "idle_s": router.idle_s(m["name"])}
+                for m in controller.list_models()
+            ]
+        )
 
     @app.get("/v1/controller/weight-cache")
     async def weight_cache() -> JSONResponse:
