@@ -350,7 +350,8 @@ def make_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=float,
         default=argparse.SUPPRESS,
-        help="seconds to wait for the answer (default: 60; load: no limit)",
+        help="seconds to wait for the answer (default: 60; unload, park, "
+        "unpark: 300; load: no limit)",
     )
     parser = argparse.ArgumentParser(
         prog="vllm-wc",
