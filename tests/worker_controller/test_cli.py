@@ -65,7 +65,7 @@ def rows(table: str) -> dict[str, str]:
     return {"header": lines[0], **{line.split()[0]: line for line in lines[1:]}}
 
 
-def test_ps_and_workers(wc):
+def test_ps_and_workers(wc, server):
     status, out, err = wc("ps")
     assert status == 0, err
     table = rows(out)
@@ -83,6 +83,13 @@ def test_ps_and_workers(wc):
     assert model["state"] == "ready" and model["devices"] == ["cpu"]
     assert model["memory_bytes"] > 0 and model["idle_s"] >= 0
     assert model["brought_up"] == "load" and model["timings_s"]["total"] > 0
+    # Those figures only on request: the plain listing stays comparable.
+    url, cache = server
+    token = (cache / f"admin-token-{url.rsplit(':', 1)[1]}").read_text().strip()
+    plain = httpx.get(
+        f"{url}/v1/controller/models", headers={"Authorization": f"Bearer {token}"}
+    ).json()
+    assert not {"idle_s", "memory_bytes", "devices"} & set(plain[0])
 
     status, out, _ = wc("workers")
     assert status == 0

@@ -251,7 +251,8 @@ def _quoted(name: str) -> str:
 
 
 def cmd_ps(server: Server, args: argparse.Namespace) -> tuple[Any, str]:
-    models = server.request("GET", f"{API}/models", timeout=args.timeout or 60)
+    path = f"{API}/models?usage=true"
+    models = server.request("GET", path, timeout=args.timeout or 60)
     return models, show_models(models)
 
 

@@ -166,12 +166,18 @@ def build_management_app(router: ModelRouter, admin_token: str) -> ASGIApp:
             return _controller_error(e)
 
     @app.get("/v1/controller/models")
-    async def models() -> JSONResponse:
+    async def models(usage: bool = False) -> JSONResponse:
+        # ?usage=true: figures that change by the second and cost a round
+        # trip to each process; without it, a listing that stays equal
+        # while nothing happens (what scripts compare).
+        listed = controller.list_models()
+        if not usage:
+            return JSONResponse(listed)
         workers = await asyncio.to_thread(controller.list_workers, True)
         return JSONResponse(
             [
                 {**m, **_usage(m, workers), "idle_s": router.idle_s(m["name"])}
-                for m in controller.list_models()
+                for m in listed
             ]
         )
 
