@@ -17,4 +17,5 @@ setup(
     packages=find_namespace_packages(
         include=["vllm.worker_controller*"], exclude=["*.__pycache__"]
     ),
+    entry_points={"console_scripts": ["vllm-wc=vllm.worker_controller.cli:main"]},
 )

@@ -15,6 +15,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
     GenerationConfig,
     LlamaConfig,
@@ -229,3 +230,28 @@ def hf_greedy(
     config.max_new_tokens = config.min_new_tokens = max_tokens
     output = model.generate(**inputs, generation_config=config)
     return output[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def build_classifier(source: Path, dest: Path, seed: int = SEED) -> Path:
+    """A one-label sequence classifier (a cross-encoder reranker's shape:
+    vLLM's ``/classify``, and its scoring API for a classifier, which needs
+    ``num_labels == 1``) built from the tiny causal LM at ``source``: its
+    body, and a score head drawn from ``seed``. Built into ``dest`` once."""
+    if dest.exists():
+        return dest
+    tmp = Path(tempfile.mkdtemp(prefix=".classifier-", dir=dest.parent))
+    try:
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=1, dtype=torch.float32
+        )
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
+        try:
+            tmp.rename(dest)
+        except OSError:
+            if not dest.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

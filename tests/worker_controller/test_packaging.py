@@ -52,3 +52,7 @@ def test_wheel_has_every_subpackage(tmp_path):
     packages = {p.parent.relative_to(REPO) for p in source.rglob("__init__.py")}
     assert {Path(n).parent for n in names if n.endswith("__init__.py")} == packages
     assert all(n.startswith(("vllm/worker_controller/", "vllm_worker")) for n in names)
+    # The management CLI's console script.
+    (entry_points,) = [n for n in names if n.endswith("/entry_points.txt")]
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "vllm-wc = vllm.worker_controller.cli:main" in scripts

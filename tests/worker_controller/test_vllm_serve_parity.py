@@ -54,6 +54,19 @@ CALLS: list[tuple[str, str, str, Any]] = [
         "/v1/chat/completions",
         {"model": NAME, "messages": [{"role": "user", "content": PROMPT}], **GREEDY},
     ),
+    (
+        "responses",
+        "POST",
+        "/v1/responses",
+        {"model": NAME, "input": PROMPT, "max_output_tokens": 8, "temperature": 0},
+    ),
+    # SageMaker's route: the body's shape picks the endpoint (a completion).
+    (
+        "invocations",
+        "POST",
+        "/invocations",
+        {"model": NAME, "prompt": PROMPT, **GREEDY},
+    ),
     ("tokenize", "POST", "/tokenize", {"model": NAME, "prompt": PROMPT}),
     ("detokenize", "POST", "/detokenize", {"model": NAME, "tokens": [5, 6, 7]}),
     ("unknown model", "POST", "/v1/completions", {"model": "nope", "prompt": "x"}),
@@ -115,8 +128,11 @@ def merged_stream(a: dict[str, Any]) -> dict[str, Any]:
 
 def outputs(a: dict[str, Any]) -> Any:
     """The model's answers in a reply (text, logprobs, finish reason of each
-    choice of each chunk), or None if it has none."""
+    choice of each chunk; the output texts of a Responses answer), or None
+    if it has none."""
     j = a.get("json")
+    if isinstance(j, dict) and isinstance(j.get("output"), list):  # Responses
+        return [c.get("text") for item in j["output"] for c in item.get("content", [])]
     chunks = j if isinstance(j, list) else [j]
     if not chunks or not all(isinstance(c, dict) and "choices" in c for c in chunks):
         return None

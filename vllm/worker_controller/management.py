@@ -101,6 +101,23 @@ def _controller_error(e: WorkerControllerError) -> JSONResponse:
     return error_response(status, str(e), _KIND[status], retry_after_s=retry_after)
 
 
+def _usage(model: dict[str, Any], workers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where a model runs and what it holds there: its workers' devices and
+    their memory above their boot baselines (device memory on GPU, RSS on
+    CPU; None if a worker did not report it). What an operator looks at
+    before deciding what to unload (``vllm-wc ps``)."""
+    pids = set(model["worker_pids"])
+    own = [w for w in workers if w["kind"] == "worker" and w["pid"] in pids]
+    held = [(w.get("health") or {}).get("memory_bytes") for w in own]
+    memory = None
+    if own and all(isinstance(b, int) for b in held):
+        memory = sum(
+            max(0, b - (w["baseline_bytes"] or 0))
+            for b, w in zip(held, own, strict=True)
+        )
+    return {"devices": [w["device"] for w in own], "memory_bytes": memory}
+
+
 def build_management_app(router: ModelRouter, admin_token: str) -> ASGIApp:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     controller = router.controller
@@ -192,8 +209,20 @@ def build_management_app(router: ModelRouter, admin_token: str) -> ASGIApp:
         return JSONResponse(router.list_adapters())
 
     @app.get("/v1/controller/models")
-    async def models() -> JSONResponse:
-        return JSONResponse(controller.list_models())
+    async def models(usage: bool = False) -> JSONResponse:
+        # ?usage=true: figures that change by the second and cost a round
+        # trip to each process; without it, a listing that stays equal
+        # while nothing happens (what scripts compare).
+        listed = controller.list_models()
+        if not usage:
+            return JSONResponse(listed)
+        workers = await asyncio.to_thread(controller.list_workers, True)
+        return JSONResponse(
+            [
+                {**m, **_usage(m, workers), "idle_s": router.idle_s(m["name"])}
+                for m in listed
+            ]
+        )
 
     @app.get("/v1/controller/weight-cache")
     async def weight_cache() -> JSONResponse:

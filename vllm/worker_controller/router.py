@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.datastructures import QueryParams
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
@@ -76,17 +78,14 @@ from vllm.worker_controller.responses import (
     send_json,
     with_headers,
 )
+from vllm.worker_controller.routes import (
+    FORM_ROUTES,
+    MODEL_ROUTES,
+    RESPONSE_ID_PATH,
+)
 
 logger = init_logger(__name__)
 
-# POST paths that carry a ``model`` and go to that model's app. Upstream
-# registers the pooling routes only for a pooling model's config, so they
-# cannot be read off an app built without one.
-_POOLING_PATHS = frozenset(
-    {"/v1/embeddings", "/pooling", "/classify", "/score", "/v1/score"}
-    | {"/rerank", "/v1/rerank", "/v2/rerank", "/v2/embed"}
-)
-_NON_MODEL_PATHS = frozenset({"/invocations", "/scale_elastic_ep"})
 # Answered as `vllm serve` answers them: 200 with an empty body.
 _HEALTH_PATHS = {"/health": ("GET", "HEAD"), "/ping": ("GET", "HEAD", "POST")}
 # Longer names are no folder or catalog entry: answered as unknown.
@@ -204,7 +203,6 @@ class ModelRouter:
         self._loading: dict[str, asyncio.Task] = {}
         self._unparking: dict[str, asyncio.Task] = {}
         self._backoff: dict[str, _Backoff] = {}
-        self._model_routes = build_app(args, ("generate",), None).routes
         self._openai: ASGIApp = self._openai_endpoints
         if api_keys:
             self._openai = BearerAuth(self._openai, api_keys)
@@ -517,6 +515,13 @@ class ModelRouter:
         self.metrics.unparks.inc()
         return {"name": name, "state": ModelState.READY.value, "timings_s": timings}
 
+    def idle_s(self, name: str) -> float | None:
+        """Seconds since a request last needed ``name`` (0 while one does);
+        None unless it is ready or parked (what keep-alive counts)."""
+        if self.controller.state(name) not in (ModelState.READY, ModelState.PARKED):
+            return None
+        return self.placement.idle_s(name)
+
     async def expire_idle(self, period_s: float = 1.0) -> None:
         """Parks or unloads awake models idle for longer than their
         keep-alive (forever: never)."""
@@ -632,8 +637,14 @@ class ModelRouter:
     # -------------------------------------------------------------- ASGI
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            # No route takes WebSockets (routes.NOT_ROUTED): refused before
+            # the handshake, which the client sees as a 403.
+            await receive()
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
-            return  # lifespan and websockets: nothing to do here
+            return  # lifespan: nothing to do here
         try:
             body = await self._read_body(scope, receive)
         except _BodyTooLarge:
@@ -710,37 +721,26 @@ class ModelRouter:
             else:
                 await _not_found(send, name)
             return
-        match = self._match(scope)
-        if match is Match.PARTIAL:
-            await _method_not_allowed(send, method, path, "POST")
-        elif match is Match.NONE:
+        body = (await receive())["body"]
+        if by_id := RESPONSE_ID_PATH.match(path):
+            allowed = "POST" if by_id["cancel"] else "GET"
+            if method != allowed:
+                await _method_not_allowed(send, method, path, allowed)
+            else:
+                await self._dispatch_by_response_id(scope, body, receive, send)
+            return
+        methods = MODEL_ROUTES.get(path)
+        if methods is None:
             await send_error(send, 404, f"Not found: {method} {path}", "NotFoundError")
+        elif method not in methods:
+            await _method_not_allowed(send, method, path, ", ".join(methods))
         else:
-            body = (await receive())["body"]
             await self._dispatch(scope, body, receive, send)
-
-    def _match(self, scope: Scope, app: Any | None = None) -> Match:
-        """Whether a model app (``app``, or any generation or pooling
-        model's before one is loaded) has this POST route: FULL, PARTIAL
-        (it has, but this request uses another method) or NONE."""
-        path = scope["path"]
-        post = scope["method"] == "POST"
-        if path in _NON_MODEL_PATHS:
-            return Match.NONE
-        if app is None and path in _POOLING_PATHS:
-            return Match.FULL if post else Match.PARTIAL
-        as_post = {**scope, "method": "POST"}
-        for route in app.routes if app is not None else self._model_routes:
-            if "POST" not in (getattr(route, "methods", None) or ()):
-                continue
-            if route.matches(as_post)[0] is Match.FULL:
-                return Match.FULL if post else Match.PARTIAL
-        return Match.NONE
 
     async def _dispatch(
         self, scope: Scope, body: bytes, receive: Receive, send: Send
     ) -> None:
-        name = _model_name(body)
+        name = await _requested_model(scope, body)
         if name is None:  # as `vllm serve`: the one (base) model there is
             names = [c["id"] for c in self._model_cards() if c["parent"] is None]
             if len(names) != 1:
@@ -806,8 +806,7 @@ class ModelRouter:
                     retry_after_s=5,
                 )
                 return
-            match = self._match(scope, served.app)
-            if match is not Match.FULL:
+            if not _serves(served.app, scope):
                 await send_error(
                     send,
                     404,
@@ -948,6 +947,37 @@ class ModelRouter:
             return "loading"
         return state.value if state is not None else "available"
 
+    async def _dispatch_by_response_id(
+        self, scope: Scope, body: bytes, receive: Receive, send: Send
+    ) -> None:
+        """Retrieving or cancelling a stored response: it lives in the app
+        of the model that made it (upstream's in-memory store), and the
+        request names only its id. Each loaded model's app is asked in
+        turn; the first that does not answer 404 answers (streams too).
+        None knows it: the last one's 404, as `vllm serve` words it. No
+        model is loaded, unparked or pinned for this: a model unloaded
+        since has lost its store."""
+        kept: list[dict] = []
+        for served in list(self._served.values()):
+            if not _serves(served.app, scope):
+                continue
+            attempt = _UnlessNotFound(send)
+            await served.app(scope, _replay(body, receive), attempt)
+            if attempt.status != 404:
+                return
+            kept = attempt.kept
+        if not kept:
+            response_id = RESPONSE_ID_PATH.match(scope["path"])["id"]
+            await send_error(
+                send,
+                404,
+                f"Response with id '{response_id}' not found.",
+                "invalid_request_error",
+                "response_id",
+            )
+        for message in kept:
+            await send(message)
+
     def _model_cards(self) -> list[dict[str, Any]]:
         """vLLM's model cards (``max_model_len`` once the model is loaded),
         plus each model's ``state``: loaded or not, every model that a
@@ -1008,6 +1038,38 @@ class _Invalid:
     message: str
 
 
+async def _requested_model(scope: Scope, body: bytes) -> str | _Invalid | None:
+    """The model a request names (None: none), or why it cannot name one:
+    the JSON body's ``model``; a multipart upload's ``model`` field (speech
+    to text); a GET's ``?model=`` (it has no body)."""
+    if scope["method"] == "GET":
+        names = QueryParams(scope.get("query_string", b"")).getlist("model")
+        return names[-1] if names else None
+    if scope["path"] in FORM_ROUTES:
+        return await _form_model(scope, body)
+    return _model_name(body)
+
+
+async def _form_model(scope: Scope, body: bytes) -> str | _Invalid | None:
+    """The ``model`` field of a form body (multipart or urlencoded); the
+    model's app parses the body again, from the same bytes."""
+    request = Request(scope, _replay(body, _no_more_body))
+    try:
+        async with request.form() as form:
+            value = form.get("model")
+    except (MultiPartException, ValueError) as e:
+        return _Invalid(f"Invalid form body: {e}")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        return _Invalid("'model' must be a form field, not a file")
+    return value
+
+
+async def _no_more_body() -> dict:
+    return {"type": "http.disconnect"}
+
+
 def _model_name(body: bytes) -> str | _Invalid | None:
     """The request's ``model``, None if the JSON object has none, or why
     the body cannot name one."""
@@ -1022,6 +1084,30 @@ def _model_name(body: bytes) -> str | _Invalid | None:
     if not isinstance(payload["model"], str):
         return _Invalid("'model' must be a string")
     return payload["model"]
+
+
+def _serves(app: Any, scope: Scope) -> bool:
+    """Whether a model's app has a route for this request (its tasks decide
+    which it has, as under `vllm serve`)."""
+    return any(route.matches(scope)[0] is Match.FULL for route in app.routes)
+
+
+class _UnlessNotFound:
+    """An ASGI ``send`` that passes an answer on unless it is a 404, which
+    it keeps (another model's app may know what this one does not)."""
+
+    def __init__(self, send: Send):
+        self._send = send
+        self.status: int | None = None
+        self.kept: list[dict] = []
+
+    async def __call__(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        if self.status == 404:
+            self.kept.append(message)
+        else:
+            await self._send(message)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -48,16 +48,13 @@ from vllm.worker_controller.access import (
     write_secret_file,
 )
 from vllm.worker_controller.adapters import LORA_RANKS, AdapterEntry, check_adapter
+from vllm.worker_controller.cache_dir import admin_token_path
 from vllm.worker_controller.compat.serving import (
     FlexibleArgumentParser,
     forget_captured_signals,
 )
 from vllm.worker_controller.controller import WorkerController
-from vllm.worker_controller.demo_model import (
-    default_cache_dir,
-    demo_engine_args,
-    ensure_demo_model,
-)
+from vllm.worker_controller.demo_model import demo_engine_args, ensure_demo_model
 from vllm.worker_controller.errors import WorkerControllerError
 from vllm.worker_controller.management import build_management_app
 from vllm.worker_controller.metrics import log_stats_periodically
@@ -350,7 +347,7 @@ def admin_token(args: Namespace) -> str:
     token = args.admin_token or secrets.token_urlsafe(32)
     path = args.admin_token_file
     if path is None and args.admin_token is None:
-        path = default_cache_dir() / f"admin-token-{args.port}"
+        path = admin_token_path(args.port)
     if path is not None:
         write_secret_file(path, token)
         logger.info("Management API token: in %s (mode 0600)", path)
