@@ -29,6 +29,7 @@ from tests.worker_controller.test_serve import start_server
 from tests.worker_controller.test_serve_model_kinds import hf_embeddings
 from vllm.config import ModelConfig
 from vllm.tasks import FRONTEND_TASKS, GENERATION_TASKS, POOLING_TASKS
+from vllm.worker_controller.compat.lora import RUNTIME_LORA_PATHS
 from vllm.worker_controller.compat.serving import build_app
 from vllm.worker_controller.routes import (
     MODEL_ROUTES,
@@ -204,11 +205,14 @@ def reaches_the_app(url: str, path: str) -> None:
 
 
 # The tests below run in this order, which loads each model once or twice
-# (two workers: two models at a time).
+# (two workers: two models at a time). The run-time LoRA routes exist only
+# with VLLM_ALLOW_RUNTIME_LORA_UPDATING (test_lora.py runs them).
 @pytest.mark.parametrize(
     "path",
     sorted(
-        p for p in MODEL_ROUTES if p not in POOLING_ROUTES and p not in SPEECH_ROUTES
+        p
+        for p in MODEL_ROUTES
+        if p not in (*POOLING_ROUTES, *SPEECH_ROUTES, *RUNTIME_LORA_PATHS)
     ),
 )
 def test_generation_routes_reach_the_models_app(server, path):
