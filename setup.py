@@ -17,4 +17,11 @@ setup(
     packages=find_namespace_packages(
         include=["vllm.worker_controller*"], exclude=["*.__pycache__"]
     ),
+    # Run by vLLM in each of its processes: registers --load-format wc_peer
+    # (a peer's weights instead of the checkpoint's), also for `vllm serve`.
+    entry_points={
+        "vllm.general_plugins": [
+            "worker_controller_peer_loader = vllm.worker_controller.plugin:register"
+        ]
+    },
 )

@@ -56,12 +56,17 @@ from vllm.worker_controller.errors import (
     ModelLoadError,
     ModelNotFoundError,
     ParkingUnavailableError,
+    PeerExportError,
+    PeerExportRequestError,
     PoolTooSmallError,
+    RemoteCallError,
     SwapUnavailableError,
     WorkerControllerError,
 )
 from vllm.worker_controller.executor.proxy_executor import ProxyExecutor
 from vllm.worker_controller.executor.remote_executor import RemoteExecutor
+from vllm.worker_controller.peer.descriptor import host_identity
+from vllm.worker_controller.peer_routing import route_through_peer, weights_key
 from vllm.worker_controller.pool import (
     Lease,
     PooledProcess,
@@ -295,6 +300,8 @@ class WorkerController:
             record.timings_s["config"] = prepared.config_s
             cache_entry = self._route_weights(record)
             swap = swap_from is not None
+            if not swap:
+                self._route_to_peer(record)
             if swap_from is not None:
                 with self._phase(record, "stop_previous"):
                     lease, record.weights_load = self._take_engine(
@@ -353,6 +360,101 @@ class WorkerController:
         if not route_through_host_cache(record.vllm_config.load_config, entry):
             return None
         return entry
+
+    def _route_to_peer(self, record: _Model) -> None:
+        """Has the load copy its weights from another loaded model of the
+        same checkpoint and layout, if there is one that can export them
+        (``ControllerSettings.peer_transport``); else leaves the load as
+        it is."""
+        transport = self.settings.peer_transport
+        config = record.vllm_config
+        assert config is not None
+        if transport == "off":
+            return
+        key = weights_key(config)
+        with self._lock:
+            sources = [
+                r.name
+                for r in self._models.values()
+                if r is not record
+                and (
+                    r.state == ModelState.READY
+                    or (r.state == ModelState.PARKED and not r.asleep)
+                )
+                and r.vllm_config is not None
+                and weights_key(r.vllm_config) == key
+            ]
+        for source in sources:
+            try:
+                descriptors = [
+                    self.export_weights(source, rank, transport, host_identity())
+                    for rank in range(config.parallel_config.world_size)
+                ]
+            except WorkerControllerError as e:
+                logger.info(
+                    "Model %r cannot give %r its weights: %s", source, record.name, e
+                )
+                continue
+            if route_through_peer(config.load_config, descriptors):
+                logger.info(
+                    "Loading %r: weights from loaded model %r (%s)",
+                    record.name,
+                    source,
+                    descriptors[0]["transport"],
+                )
+            return
+
+    def export_weights(
+        self,
+        name: str,
+        rank: int = 0,
+        transport: str = "auto",
+        target_host: str | None = None,
+        bind_host: str = "127.0.0.1",
+    ) -> dict[str, Any]:
+        """Publishes rank ``rank`` of model ``name``'s loaded weights for a
+        peer load (another pooled model, or a ``wc_peer`` loader elsewhere):
+        the transfer descriptor. The model keeps serving. ``target_host``:
+        the target's ``host_identity`` (same node: shared memory or CUDA
+        IPC); ``bind_host``: where a broadcast's source listens.
+
+        Raises :class:`ModelNotFoundError`, :class:`PeerExportError` (not
+        ready, or its loaded weights are not kept) or
+        :class:`PeerExportRequestError` (no such rank, unsuitable transport).
+        """
+        with self._lock:
+            record = self._get(name)
+            if not (
+                record.state == ModelState.READY
+                or (record.state == ModelState.PARKED and not record.asleep)
+            ):
+                raise PeerExportError(
+                    f"Model {name!r} is {record.state.value}"
+                    + (" with its device memory freed" if record.asleep else "")
+                    + ": it cannot give its weights now"
+                )
+            if not 0 <= rank < len(record.workers):
+                raise PeerExportRequestError(
+                    f"Model {name!r} has ranks 0..{len(record.workers) - 1}, not {rank}"
+                )
+            worker = record.workers[rank]
+        try:
+            return worker.channel.call(
+                "export_weights",
+                timeout=self.settings.load_timeout_s,
+                transport=transport,
+                target_host=target_host,
+                bind_host=bind_host,
+                expires_in_s=self.settings.peer_expires_s,
+            )
+        except RemoteCallError as e:
+            if e.error_type == "TransportUnavailableError":
+                raise PeerExportRequestError(e.remote_message) from None
+            raise PeerExportError(
+                f"Model {name!r} cannot give its weights: {e.remote_message}"
+            ) from None
+        except WorkerControllerError as e:  # the worker died meanwhile
+            raise PeerExportError(f"Model {name!r}: {e}") from None
 
     def _tell_workers(self, method: str, **kwargs: Any) -> None:
         """Sends an inline call to every live worker, not waiting."""

@@ -93,3 +93,13 @@ class RemoteCallError(WorkerControllerError):
         self.method = method
         self.error_type = error_type
         self.remote_message = message
+
+
+class PeerExportError(WorkerControllerError):
+    """A model cannot serve as a peer load's source now (not ready, or its
+    loaded weights are not available), and why."""
+
+
+class PeerExportRequestError(PeerExportError, ValueError):
+    """A peer export asked for something that cannot be: a rank the model
+    does not have, a transport that cannot carry its tensors."""
