@@ -34,13 +34,19 @@ def expected(tiny_models) -> list[int]:
     return hf_greedy(tiny_models["qwen3"], PROMPT, TOKENS)
 
 
+def peer_files() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("vllm-wc-peer-*")}
+
+
 @pytest.fixture
 def source(controller, tiny_models, greedy, expected) -> Iterator[str]:
-    """qwen3 loaded from its checkpoint, serving."""
+    """qwen3 loaded from its checkpoint, serving; no export left behind."""
+    before = peer_files()
     controller.load(str(tiny_models["qwen3"]), "peer-src", **TINY_ARGS)
     assert greedy("peer-src", PROMPT, TOKENS) == expected
     yield "peer-src"
     controller.unload("peer-src")
+    assert peer_files() <= before
 
 
 @pytest.mark.parametrize("transport", ["shm", "gloo"])

@@ -65,8 +65,13 @@ from vllm.worker_controller.errors import (
 )
 from vllm.worker_controller.executor.proxy_executor import ProxyExecutor
 from vllm.worker_controller.executor.remote_executor import RemoteExecutor
+from vllm.worker_controller.peer import shm as peer_shm
 from vllm.worker_controller.peer.descriptor import host_identity
-from vllm.worker_controller.peer_routing import route_through_peer, weights_key
+from vllm.worker_controller.peer_routing import (
+    reads_a_checkpoint,
+    route_through_peer,
+    weights_key,
+)
 from vllm.worker_controller.pool import (
     Lease,
     PooledProcess,
@@ -194,6 +199,8 @@ class WorkerController:
         self.engine_metrics = EngineMetrics()
         """vLLM's engine metrics, a registry per model (``log_stats``)."""
         self._zmq = zmq.Context()
+        self._peer_files: dict[str, float] = {}
+        """Shared-memory files exported for peer loads, by export time."""
         self._kv_budgets: dict[tuple, list[int]] = {}
         """KV-cache budgets measured per engine shape and devices: later
         engines of that shape there skip vLLM's memory profiling."""
@@ -300,15 +307,18 @@ class WorkerController:
             record.timings_s["config"] = prepared.config_s
             cache_entry = self._route_weights(record)
             swap = swap_from is not None
-            if not swap:
-                self._route_to_peer(record)
+            peer_files = [] if swap else self._route_to_peer(record)
             if swap_from is not None:
                 with self._phase(record, "stop_previous"):
                     lease, record.weights_load = self._take_engine(
                         swap_from, prepared.engine_key, model, cache_entry
                     )
             record.brought_up = "swap" if swap else "load"
-            self._load(record, lease, swap)
+            try:
+                self._load(record, lease, swap)
+            finally:
+                # Taken (and unlinked) by the target, or not needed now.
+                self._discard_exports(peer_files)
             with self._lock:
                 # The engine may have died after its handshake: not READY.
                 assert record.host is not None and record.host.serving is not None
@@ -361,16 +371,16 @@ class WorkerController:
             return None
         return entry
 
-    def _route_to_peer(self, record: _Model) -> None:
+    def _route_to_peer(self, record: _Model) -> list[str]:
         """Has the load copy its weights from another loaded model of the
         same checkpoint and layout, if there is one that can export them
         (``ControllerSettings.peer_transport``); else leaves the load as
-        it is."""
+        it is. Returns the shared-memory files exported for it."""
         transport = self.settings.peer_transport
         config = record.vllm_config
         assert config is not None
-        if transport == "off":
-            return
+        if transport == "off" or not reads_a_checkpoint(config.load_config):
+            return []
         key = weights_key(config)
         with self._lock:
             sources = [
@@ -395,14 +405,22 @@ class WorkerController:
                     "Model %r cannot give %r its weights: %s", source, record.name, e
                 )
                 continue
-            if route_through_peer(config.load_config, descriptors):
-                logger.info(
-                    "Loading %r: weights from loaded model %r (%s)",
-                    record.name,
-                    source,
-                    descriptors[0]["transport"],
-                )
-            return
+            route_through_peer(config.load_config, descriptors)
+            logger.info(
+                "Loading %r: weights from loaded model %r (%s)",
+                record.name,
+                source,
+                descriptors[0]["transport"],
+            )
+            return [d["shm_path"] for d in descriptors if d.get("shm_path")]
+        return []
+
+    def _discard_exports(self, paths: list[str]) -> None:
+        """Removes exported shared-memory files (gone already is fine)."""
+        for path in paths:
+            peer_shm.discard(path)
+            with self._lock:
+                self._peer_files.pop(path, None)
 
     def export_weights(
         self,
@@ -439,7 +457,7 @@ class WorkerController:
                 )
             worker = record.workers[rank]
         try:
-            return worker.channel.call(
+            descriptor = worker.channel.call(
                 "export_weights",
                 timeout=self.settings.load_timeout_s,
                 transport=transport,
@@ -455,6 +473,18 @@ class WorkerController:
             ) from None
         except WorkerControllerError as e:  # the worker died meanwhile
             raise PeerExportError(f"Model {name!r}: {e}") from None
+        if path := descriptor.get("shm_path"):
+            # The source unlinks it when it expires; we at shutdown, if the
+            # pool stops first (its workers exit without cleaning up).
+            now = time.monotonic()
+            with self._lock:
+                self._peer_files = {
+                    p: t
+                    for p, t in self._peer_files.items()
+                    if now - t < self.settings.peer_expires_s
+                }
+                self._peer_files[path] = now
+        return descriptor
 
     def _tell_workers(self, method: str, **kwargs: Any) -> None:
         """Sends an inline call to every live worker, not waiting."""
@@ -1066,6 +1096,7 @@ class WorkerController:
             except WorkerControllerError as e:
                 logger.warning("Unloading %r at shutdown failed: %s", name, e)
         self.pool.shutdown()
+        self._discard_exports(list(self._peer_files))
         if self.weight_cache is not None:
             self.weight_cache.close()
         self._zmq.term()

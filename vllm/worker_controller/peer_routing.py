@@ -31,6 +31,12 @@ def weights_key(config: VllmConfig) -> tuple:
     )
 
 
+def reads_a_checkpoint(load_config: LoadConfig) -> bool:
+    """Whether the load was routed through the host-cache loader (it reads
+    a checkpoint format), so that a peer can stand in for the checkpoint."""
+    return str(load_config.load_format) == HOST_CACHE_LOAD_FORMAT
+
+
 def route_through_peer(
     load_config: LoadConfig, descriptors: list[dict[str, Any]]
 ) -> bool:
@@ -38,7 +44,7 @@ def route_through_peer(
     format it reads) copy from the peer the descriptors name instead, the
     host cache or disk being its fallback. False (config left as it is)
     for other load formats."""
-    if str(load_config.load_format) != HOST_CACHE_LOAD_FORMAT:
+    if not reads_a_checkpoint(load_config):
         return False
     load_config.load_format = PEER_LOAD_FORMAT
     load_config.model_loader_extra_config = {
