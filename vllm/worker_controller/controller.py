@@ -113,12 +113,15 @@ class LoadResult:
     weights (workers: Worker, process group, model runner, weights),
     engine_init (EngineCore on the host, handshake included) with its parts
     profile, kv_cache and compile_and_warm_up, client (AsyncLLM), total;
-    a swap also has stop_previous (the engine it took over stopping)."""
+    a swap also has stop_previous (the engine it took over stopping), a
+    load that copies a loaded model's weights peer_export (the source
+    publishing them; the copy itself is in weights)."""
     brought_up: str = "load"
     """``load`` (new engine) or ``swap`` (weights into a kept engine)."""
     weights_load: dict[str, Any] | None = None
-    """Rank 0's weight copy: ``source`` (``disk`` or ``host_cache``),
-    ``bytes``, ``seconds``, ``gb_per_s``."""
+    """Rank 0's weight copy: ``source`` (``disk``, ``host_cache`` or
+    ``peer``, then with ``transport`` and ``peer``), ``bytes``, ``seconds``,
+    ``gb_per_s``; ``fallback``: why a peer load read the checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -395,6 +398,7 @@ class WorkerController:
                 and weights_key(r.vllm_config) == key
             ]
         for source in sources:
+            start = time.perf_counter()
             try:
                 descriptors = [
                     self.export_weights(source, rank, transport, host_identity())
@@ -406,6 +410,7 @@ class WorkerController:
                 )
                 continue
             route_through_peer(config.load_config, descriptors)
+            record.timings_s["peer_export"] = time.perf_counter() - start
             logger.info(
                 "Loading %r: weights from loaded model %r (%s)",
                 record.name,
