@@ -10,7 +10,8 @@ load: the weight copy's bytes, seconds and GB/s as the load reports them
 (``weights_load``: the target's side, checks and checksums included), the
 source's export (``timings_s["peer_export"]``: writing the shared-memory
 file, or the checksums before a broadcast) and the whole weight phase
-(``timings_s["weights"]``, worker set-up included). Every load must give the source's greedy tokens.
+(``timings_s["weights"]``, worker set-up included). Every load must give
+the source's greedy tokens.
 
 Writes the raw records to ``benchmarks/results/cpu-peer-<date>.json``.
 """

@@ -15,6 +15,7 @@ import torch
 
 from tests.worker_controller.conftest import TINY_ARGS
 from tests.worker_controller.models import hf_greedy
+from vllm.config.load import LoadConfig
 from vllm.worker_controller.errors import ModelLoadError
 from vllm.worker_controller.peer import PEER_LOAD_FORMAT
 from vllm.worker_controller.peer.descriptor import (
@@ -24,6 +25,12 @@ from vllm.worker_controller.peer.descriptor import (
     layout_of,
 )
 from vllm.worker_controller.peer.verify import PeerMismatchError, check_descriptor
+from vllm.worker_controller.peer_routing import reads_a_checkpoint, route_through_peer
+from vllm.worker_controller.worker.host_cache import (
+    HOST_CACHE_LOAD_FORMAT,
+    cache_entry_of,
+    route_through_host_cache,
+)
 
 PROMPT = "The capital of France is"
 TOKENS = 12
@@ -45,7 +52,9 @@ def source(controller, tiny_models, greedy, expected) -> Iterator[str]:
     controller.load(str(tiny_models["qwen3"]), "peer-src", **TINY_ARGS)
     assert greedy("peer-src", PROMPT, TOKENS) == expected
     yield "peer-src"
-    controller.unload("peer-src")
+    (report,) = controller.unload("peer-src").workers
+    # Its kept loaded weights and its exports went with it.
+    assert not report["recycled"] and not report["leaked"], report
     assert peer_files() <= before
 
 
@@ -207,3 +216,22 @@ def test_checks_pass_for_the_same_model():
     check_descriptor(
         descriptor_for(PARAMS), layout_of(**LAYOUT), PARAMS, {"config": "c"}
     )
+
+
+def test_routing_to_a_peer_and_back_to_the_checkpoint():
+    """The controller routes a load through the peer loader only where it
+    would read a checkpoint, and a later swap into that engine (which reads
+    a checkpoint again) goes back to the host-cache loader."""
+    config = LoadConfig()
+    assert route_through_host_cache(config, None)
+    assert reads_a_checkpoint(config)
+    assert route_through_peer(config, [{"transport": "shm"}])
+    assert config.load_format == PEER_LOAD_FORMAT
+    assert route_through_host_cache(config, "/dev/shm/entry")
+    assert config.load_format == HOST_CACHE_LOAD_FORMAT
+    assert "peer_descriptors" not in config.model_loader_extra_config
+    assert cache_entry_of(config) == "/dev/shm/entry"
+    # A user's own wc_peer load (no fallback format of ours) is left alone.
+    own = LoadConfig(load_format=PEER_LOAD_FORMAT)
+    assert not route_through_host_cache(own, None) and not reads_a_checkpoint(own)
+    assert not route_through_peer(LoadConfig(load_format="dummy"), [])

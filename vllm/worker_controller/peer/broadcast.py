@@ -108,14 +108,22 @@ class BroadcastSource:
             self.done.set()
 
 
-def receive(rendezvous: dict, destinations: Sequence[torch.Tensor]) -> int:
+def receive(
+    rendezvous: dict, destinations: Sequence[torch.Tensor], connect_timeout_s: float
+) -> int:
     """The target's half: joins the source's group and receives each
     tensor into its destination (in the descriptor's order). Returns the
-    bytes received."""
+    bytes received. The source listens before it answers, so joining takes
+    no time unless it is gone: then ``connect_timeout_s`` ends the wait."""
     timeout = datetime.timedelta(seconds=float(rendezvous["timeout_s"]))
     store = dist.TCPStore(
-        rendezvous["host"], int(rendezvous["port"]), 2, False, timeout=timeout
+        rendezvous["host"],
+        int(rendezvous["port"]),
+        2,
+        False,
+        timeout=datetime.timedelta(seconds=connect_timeout_s),
     )
+    store.set_timeout(timeout)
     group = _group(store, 1, rendezvous["backend"], timeout)
     received = 0
     try:

@@ -191,7 +191,9 @@ class PeerModelLoader(HostCacheModelLoader):
             return shm.read(descriptor.shm_path, descriptor.tensors, destinations)
         if descriptor.transport in ("gloo", "nccl"):
             assert descriptor.rendezvous is not None
-            return broadcast.receive(descriptor.rendezvous, destinations)
+            return broadcast.receive(
+                descriptor.rendezvous, destinations, self.peer.timeout_s
+            )
         return self._copy_cuda_ipc(descriptor, destinations)
 
     @staticmethod

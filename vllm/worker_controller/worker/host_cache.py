@@ -33,6 +33,7 @@ from vllm.logger import init_logger
 from vllm.model_executor.model_loader import register_model_loader
 from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
 from vllm.platforms import current_platform
+from vllm.worker_controller.peer import PEER_LOAD_FORMAT
 from vllm.worker_controller.peer.loaded_state import RecordsLoadedState
 
 logger = init_logger(__name__)
@@ -42,6 +43,7 @@ HOST_CACHE_LOAD_FORMAT = "worker_controller_host_cache"
 # upstream's loader, which rejects keys it does not know).
 _ENTRY_KEY = "host_cache_entry"
 _FORMAT_KEY = "host_cache_fallback_format"
+_PEER_DESCRIPTORS_KEY = "peer_descriptors"
 # Formats whose files the cache holds and the default loader reads.
 CACHEABLE_FORMATS = ("auto", "safetensors")
 ORIGIN_FILE = "ORIGIN"
@@ -70,8 +72,13 @@ def route_through_host_cache(load_config: LoadConfig, entry: str | None) -> bool
     it is) for load formats whose files the cache does not hold."""
     load_format = str(load_config.load_format)
     extra = dict(load_config.model_loader_extra_config or {})
-    if load_format == HOST_CACHE_LOAD_FORMAT:
+    if load_format == HOST_CACHE_LOAD_FORMAT or (
+        # A load the controller routed to a peer (a swap into its engine
+        # reads a checkpoint again).
+        load_format == PEER_LOAD_FORMAT and _FORMAT_KEY in extra
+    ):
         load_format = extra[_FORMAT_KEY]
+        extra.pop(_PEER_DESCRIPTORS_KEY, None)
     elif load_format not in CACHEABLE_FORMATS:
         return False
     extra[_FORMAT_KEY] = load_format
