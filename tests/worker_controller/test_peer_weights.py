@@ -58,36 +58,46 @@ def source(controller, tiny_models, greedy, expected) -> Iterator[str]:
     assert peer_files() <= before
 
 
-@pytest.mark.parametrize("transport", ["shm", "gloo"])
 def test_load_copies_a_loaded_models_weights(
-    controller, tiny_models, greedy, expected, source, transport
-):
-    controller.settings.peer_transport = "auto" if transport == "shm" else transport
-    try:
-        target = controller.load(str(tiny_models["qwen3"]), "peer-dst", **TINY_ARGS)
-    finally:
-        controller.settings.peer_transport = "auto"
-    try:
-        figures = target.weights_load
-        assert figures["source"] == "peer", figures
-        assert figures["transport"] == transport
-        assert figures["peer"] == f"model {source!r} of this pool"
-        assert figures["bytes"] > 0 and figures["gb_per_s"] > 0
-        print(f"peer copy via {transport}: {figures}")
-        assert greedy("peer-dst", PROMPT, TOKENS) == expected
-        listed = {m["name"]: m for m in controller.list_models()}
-        assert listed["peer-dst"]["weights_load"]["source"] == "peer"
-        # The copy is itself a source now.
-        again = controller.export_weights("peer-dst", 0, "shm", host_identity())
-        os.unlink(again["shm_path"])
-    finally:
-        controller.unload("peer-dst")
-    assert greedy(source, PROMPT, TOKENS) == expected
-
-
-def test_a_damaged_copy_fails_the_load_and_the_source_serves_on(
     controller, tiny_models, greedy, expected, source
 ):
+    """Shared memory (what ``auto`` picks on one CPU host), then gloo."""
+    for transport in ("shm", "gloo"):
+        controller.settings.peer_transport = "auto" if transport == "shm" else "gloo"
+        try:
+            target = controller.load(str(tiny_models["qwen3"]), "peer-dst", **TINY_ARGS)
+        finally:
+            controller.settings.peer_transport = "auto"
+        try:
+            figures = target.weights_load
+            assert figures["source"] == "peer", figures
+            assert figures["transport"] == transport
+            assert figures["peer"] == f"model {source!r} of this pool"
+            assert figures["bytes"] > 0 and figures["gb_per_s"] > 0
+            assert target.timings_s["peer_export"] > 0
+            assert greedy("peer-dst", PROMPT, TOKENS) == expected
+            listed = {m["name"]: m for m in controller.list_models()}
+            assert listed["peer-dst"]["weights_load"]["source"] == "peer"
+            # The copy is itself a source now.
+            again = controller.export_weights("peer-dst", 0, "shm", host_identity())
+            os.unlink(again["shm_path"])
+        finally:
+            controller.unload("peer-dst")
+        assert greedy(source, PROMPT, TOKENS) == expected
+
+
+def test_a_damaged_or_mismatched_copy_fails_the_load_and_the_source_serves_on(
+    controller, tiny_models, greedy, expected, source
+):
+    def load_from(descriptor: dict, model: str = "qwen3") -> None:
+        controller.load(
+            str(tiny_models[model]),
+            "peer-bad",
+            load_format=PEER_LOAD_FORMAT,
+            model_loader_extra_config={"peer_descriptors": [descriptor]},
+            **TINY_ARGS,
+        )
+
     descriptor = controller.export_weights(source, 0, "shm", host_identity())
     # Flip one byte of one tensor in the shared-memory file.
     spec = descriptor["tensors"][3]
@@ -97,29 +107,14 @@ def test_a_damaged_copy_fails_the_load_and_the_source_serves_on(
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(ModelLoadError, match="Checksum mismatch in 1 tensor") as e:
-        controller.load(
-            str(tiny_models["qwen3"]),
-            "peer-bad",
-            load_format=PEER_LOAD_FORMAT,
-            model_loader_extra_config={"peer_descriptors": [descriptor]},
-            **TINY_ARGS,
-        )
+        load_from(descriptor)
     assert spec["name"] in str(e.value) and e.value.phase == "weights"
     assert greedy(source, PROMPT, TOKENS) == expected
 
-
-def test_a_mismatched_peer_fails_the_load(
-    controller, tiny_models, greedy, expected, source
-):
+    # Another architecture: told by name before anything is copied.
     descriptor = controller.export_weights(source, 0, "shm", host_identity())
     with pytest.raises(ModelLoadError, match="do not match this model's parameters"):
-        controller.load(
-            str(tiny_models["llama"]),
-            "peer-llama",
-            load_format=PEER_LOAD_FORMAT,
-            model_loader_extra_config={"peer_descriptors": [descriptor]},
-            **TINY_ARGS,
-        )
+        load_from(descriptor, "llama")
     assert not Path(descriptor["shm_path"]).exists()  # the target unlinked it
     assert greedy(source, PROMPT, TOKENS) == expected
 
