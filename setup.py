@@ -17,5 +17,12 @@ setup(
     packages=find_namespace_packages(
         include=["vllm.worker_controller*"], exclude=["*.__pycache__"]
     ),
-    entry_points={"console_scripts": ["vllm-wc=vllm.worker_controller.cli:main"]},
+    entry_points={
+        "console_scripts": ["vllm-wc=vllm.worker_controller.cli:main"],
+        # Run by vLLM in each of its processes: registers --load-format wc_peer
+        # (a peer's weights instead of the checkpoint's), also for `vllm serve`.
+        "vllm.general_plugins": [
+            "worker_controller_peer_loader = vllm.worker_controller.plugin:register"
+        ],
+    },
 )

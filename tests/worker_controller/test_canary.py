@@ -24,6 +24,7 @@ from vllm.worker_controller.compat import (
     executor,
     lora,
     metrics,
+    peer,
     serving,
 )
 from vllm.worker_controller.compat import process_state as ps
@@ -45,6 +46,22 @@ def _runner_classes() -> list[type]:
     from vllm.v1.worker.gpu.model_runner import GPUModelRunner as V2Runner
 
     return [CPUModelRunner, V2Runner]
+
+
+def _version_counter_shared() -> bool:
+    param = torch.nn.Parameter(torch.zeros(3), requires_grad=False)
+    alias = param.detach()
+    before = peer.tensor_version(alias)
+    with torch.no_grad():
+        param.add_(1)
+    return peer.tensor_version(alias) == before + 1 == peer.tensor_version(param)
+
+
+def _in_order(obj: Any, *texts: str) -> bool:
+    """``obj``'s source contains the texts, in this order."""
+    source = inspect.getsource(obj)
+    positions = [source.find(t) for t in texts]
+    return -1 not in positions and positions == sorted(positions)
 
 
 ASSUMPTIONS: dict[str, Callable[[], Any]] = {
@@ -350,6 +367,74 @@ ASSUMPTIONS: dict[str, Callable[[], Any]] = {
             ).DefaultModelLoader,
             "counter_before_loading_weights",
         )
+    ),
+    # peer weight loading (compat/peer.py, peer/)
+    "Tensor._version: shared with detach()ed aliases, bumped by in-place ops": (
+        lambda: _version_counter_shared()
+    ),
+    "BaseModelLoader.load_model: load_weights(model, model_config), then "
+    "process_weights_after_loading (what a peer sends is between the two)": lambda: (
+        _in_order(
+            __import__(
+                "vllm.model_executor.model_loader.base_loader", fromlist=["x"]
+            ).BaseModelLoader.load_model,
+            "self.load_weights(model, model_config)",
+            "process_weights_after_loading(model, model_config",
+        )
+    ),
+    "register_model_loader(format)(cls) is what get_model_loader looks up by "
+    "load_config.load_format, and the CLI takes any --load-format": lambda: (
+        mentions(
+            __import__(
+                "vllm.model_executor.model_loader", fromlist=["x"]
+            ).get_model_loader,
+            "load_config.load_format",
+        )
+        and mentions(
+            __import__("vllm.engine.arg_utils", fromlist=["x"]).EngineArgs.add_cli_args,
+            "load_format",
+        )
+    ),
+    "vllm.general_plugins run in the engine core and in every worker before "
+    "a model loads": lambda: (
+        mentions(
+            __import__("vllm.v1.worker.worker_base", fromlist=["x"]).WorkerWrapperBase,
+            "load_general_plugins()",
+        )
+        and "load_general_plugins()"
+        in inspect.getsource(__import__("vllm.v1.engine.core", fromlist=["x"]))
+    ),
+    "parallel_state: get_tensor_model_parallel_rank / _world_size, get_pp_group "
+    "(rank_in_group, world_size)": lambda: (
+        callable(peer.get_tensor_model_parallel_rank)
+        and callable(peer.get_tensor_model_parallel_world_size)
+        and mentions(
+            __import__(
+                "vllm.distributed.parallel_state", fromlist=["x"]
+            ).GroupCoordinator,
+            "self.rank_in_group",
+            "self.world_size",
+        )
+    ),
+    "rebuild_cuda_tensor takes torch's 15-field CUDA tensor reduction": lambda: (
+        list(inspect.signature(peer.rebuild_cuda_tensor).parameters)
+        == [
+            "tensor_cls",
+            "tensor_size",
+            "tensor_stride",
+            "tensor_offset",
+            "storage_cls",
+            "dtype",
+            "storage_device",
+            "storage_handle",
+            "storage_size_bytes",
+            "storage_offset_bytes",
+            "requires_grad",
+            "ref_counter_handle",
+            "ref_counter_offset",
+            "event_handle",
+            "event_sync_required",
+        ]
     ),
     # the front end (controller.py, router.py)
     "AsyncLLM: output_processor (has_unfinished_requests, propagate_error), "

@@ -56,3 +56,45 @@ def test_wheel_has_every_subpackage(tmp_path):
     (entry_points,) = [n for n in names if n.endswith("/entry_points.txt")]
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "vllm-wc = vllm.worker_controller.cli:main" in scripts
+
+
+PLUGIN_CHECK = """
+import sys, time
+from importlib.metadata import entry_points
+from vllm.plugins import load_general_plugins
+
+(ours,) = [e for e in entry_points(group="vllm.general_plugins")
+           if e.value == "vllm.worker_controller.plugin:register"]
+start = time.perf_counter()
+load_general_plugins()
+from vllm.worker_controller import plugin
+plugin.register()  # idempotent
+took = time.perf_counter() - start
+# Cheap: vLLM's loader registry (about half a second) is not imported for it.
+assert "vllm.model_executor.model_loader" not in sys.modules
+from vllm.config.load import LoadConfig
+from vllm.model_executor.model_loader import get_model_loader
+loader = get_model_loader(LoadConfig(
+    load_format="wc_peer",
+    model_loader_extra_config={"peer_url": "http://127.0.0.1:1", "peer_model": "m"},
+))
+assert type(loader).__name__ == "PeerModelLoader", type(loader)
+assert loader.peer.url == "http://127.0.0.1:1"
+print(f"plugin took {took:.3f} s")
+"""
+
+
+def test_the_plugin_registers_the_peer_loader_cheaply():
+    """The ``vllm.general_plugins`` entry point is installed, costs next to
+    nothing where no model loads, and makes ``--load-format wc_peer`` work
+    once vLLM's loader registry is imported (as in every engine process)."""
+    out = subprocess.run(
+        [sys.executable, "-c", PLUGIN_CHECK],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "already registered" not in out.stderr
+    took = float(out.stdout.split("plugin took ")[1].split()[0])
+    assert took < 0.5, took

@@ -64,6 +64,14 @@ class ControllerSettings:
     from which later loads and swaps of them copy at PCIe speed; 0: none."""
     weight_cache_dir: str = "/dev/shm"
     """Where the copies go: a tmpfs (else they live in the page cache)."""
+    peer_transport: str = "auto"
+    """How a load of a checkpoint that another loaded model of the same
+    layout holds copies that model's weights (``peer/``): ``auto`` (shared
+    memory on CPU, CUDA IPC on GPU), a transport by name (``shm``,
+    ``gloo``, ``cuda_ipc``, ``nccl``), or ``off`` (always the checkpoint)."""
+    peer_expires_s: float = 300.0
+    """How long a source keeps an export (shared-memory file, a broadcast
+    waiting for its target) that no target took."""
     log_stats: bool = False
     """Engine stats and Prometheus metrics for each loaded model."""
     env: dict[str, str] = field(default_factory=dict)

@@ -56,12 +56,22 @@ from vllm.worker_controller.errors import (
     ModelLoadError,
     ModelNotFoundError,
     ParkingUnavailableError,
+    PeerExportError,
+    PeerExportRequestError,
     PoolTooSmallError,
+    RemoteCallError,
     SwapUnavailableError,
     WorkerControllerError,
 )
 from vllm.worker_controller.executor.proxy_executor import ProxyExecutor
 from vllm.worker_controller.executor.remote_executor import RemoteExecutor
+from vllm.worker_controller.peer import shm as peer_shm
+from vllm.worker_controller.peer.descriptor import host_identity
+from vllm.worker_controller.peer_routing import (
+    reads_a_checkpoint,
+    route_through_peer,
+    weights_key,
+)
 from vllm.worker_controller.pool import (
     Lease,
     PooledProcess,
@@ -103,12 +113,15 @@ class LoadResult:
     weights (workers: Worker, process group, model runner, weights),
     engine_init (EngineCore on the host, handshake included) with its parts
     profile, kv_cache and compile_and_warm_up, client (AsyncLLM), total;
-    a swap also has stop_previous (the engine it took over stopping)."""
+    a swap also has stop_previous (the engine it took over stopping), a
+    load that copies a loaded model's weights peer_export (the source
+    publishing them; the copy itself is in weights)."""
     brought_up: str = "load"
     """``load`` (new engine) or ``swap`` (weights into a kept engine)."""
     weights_load: dict[str, Any] | None = None
-    """Rank 0's weight copy: ``source`` (``disk`` or ``host_cache``),
-    ``bytes``, ``seconds``, ``gb_per_s``."""
+    """Rank 0's weight copy: ``source`` (``disk``, ``host_cache`` or
+    ``peer``, then with ``transport`` and ``peer``), ``bytes``, ``seconds``,
+    ``gb_per_s``; ``fallback``: why a peer load read the checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +202,8 @@ class WorkerController:
         self.engine_metrics = EngineMetrics()
         """vLLM's engine metrics, a registry per model (``log_stats``)."""
         self._zmq = zmq.Context()
+        self._peer_files: dict[str, float] = {}
+        """Shared-memory files exported for peer loads, by export time."""
         self._kv_budgets: dict[tuple, list[int]] = {}
         """KV-cache budgets measured per engine shape and devices: later
         engines of that shape there skip vLLM's memory profiling."""
@@ -295,13 +310,18 @@ class WorkerController:
             record.timings_s["config"] = prepared.config_s
             cache_entry = self._route_weights(record)
             swap = swap_from is not None
+            peer_files = [] if swap else self._route_to_peer(record)
             if swap_from is not None:
                 with self._phase(record, "stop_previous"):
                     lease, record.weights_load = self._take_engine(
                         swap_from, prepared.engine_key, model, cache_entry
                     )
             record.brought_up = "swap" if swap else "load"
-            self._load(record, lease, swap)
+            try:
+                self._load(record, lease, swap)
+            finally:
+                # Taken (and unlinked) by the target, or not needed now.
+                self._discard_exports(peer_files)
             with self._lock:
                 # The engine may have died after its handshake: not READY.
                 assert record.host is not None and record.host.serving is not None
@@ -353,6 +373,123 @@ class WorkerController:
         if not route_through_host_cache(record.vllm_config.load_config, entry):
             return None
         return entry
+
+    def _route_to_peer(self, record: _Model) -> list[str]:
+        """Has the load copy its weights from another loaded model of the
+        same checkpoint and layout, if there is one that can export them
+        (``ControllerSettings.peer_transport``); else leaves the load as
+        it is. Returns the shared-memory files exported for it."""
+        transport = self.settings.peer_transport
+        config = record.vllm_config
+        assert config is not None
+        if transport == "off" or not reads_a_checkpoint(config.load_config):
+            return []
+        key = weights_key(config)
+        with self._lock:
+            sources = [
+                r.name
+                for r in self._models.values()
+                if r is not record
+                and (
+                    r.state == ModelState.READY
+                    or (r.state == ModelState.PARKED and not r.asleep)
+                )
+                and r.vllm_config is not None
+                and weights_key(r.vllm_config) == key
+            ]
+        for source in sources:
+            start = time.perf_counter()
+            try:
+                descriptors = [
+                    self.export_weights(source, rank, transport, host_identity())
+                    for rank in range(config.parallel_config.world_size)
+                ]
+            except WorkerControllerError as e:
+                logger.info(
+                    "Model %r cannot give %r its weights: %s", source, record.name, e
+                )
+                continue
+            route_through_peer(config.load_config, descriptors)
+            record.timings_s["peer_export"] = time.perf_counter() - start
+            logger.info(
+                "Loading %r: weights from loaded model %r (%s)",
+                record.name,
+                source,
+                descriptors[0]["transport"],
+            )
+            return [d["shm_path"] for d in descriptors if d.get("shm_path")]
+        return []
+
+    def _discard_exports(self, paths: list[str]) -> None:
+        """Removes exported shared-memory files (gone already is fine)."""
+        for path in paths:
+            peer_shm.discard(path)
+            with self._lock:
+                self._peer_files.pop(path, None)
+
+    def export_weights(
+        self,
+        name: str,
+        rank: int = 0,
+        transport: str = "auto",
+        target_host: str | None = None,
+        bind_host: str = "127.0.0.1",
+    ) -> dict[str, Any]:
+        """Publishes rank ``rank`` of model ``name``'s loaded weights for a
+        peer load (another pooled model, or a ``wc_peer`` loader elsewhere):
+        the transfer descriptor. The model keeps serving. ``target_host``:
+        the target's ``host_identity`` (same node: shared memory or CUDA
+        IPC); ``bind_host``: where a broadcast's source listens.
+
+        Raises :class:`ModelNotFoundError`, :class:`PeerExportError` (not
+        ready, or its loaded weights are not kept) or
+        :class:`PeerExportRequestError` (no such rank, unsuitable transport).
+        """
+        with self._lock:
+            record = self._get(name)
+            if not (
+                record.state == ModelState.READY
+                or (record.state == ModelState.PARKED and not record.asleep)
+            ):
+                raise PeerExportError(
+                    f"Model {name!r} is {record.state.value}"
+                    + (" with its device memory freed" if record.asleep else "")
+                    + ": it cannot give its weights now"
+                )
+            if not 0 <= rank < len(record.workers):
+                raise PeerExportRequestError(
+                    f"Model {name!r} has ranks 0..{len(record.workers) - 1}, not {rank}"
+                )
+            worker = record.workers[rank]
+        try:
+            descriptor = worker.channel.call(
+                "export_weights",
+                timeout=self.settings.load_timeout_s,
+                transport=transport,
+                target_host=target_host,
+                bind_host=bind_host,
+                expires_in_s=self.settings.peer_expires_s,
+            )
+        except RemoteCallError as e:
+            if e.error_type == "TransportUnavailableError":
+                raise PeerExportRequestError(e.remote_message) from None
+            raise PeerExportError(
+                f"Model {name!r} cannot give its weights: {e.remote_message}"
+            ) from None
+        except WorkerControllerError as e:  # the worker died meanwhile
+            raise PeerExportError(f"Model {name!r}: {e}") from None
+        if path := descriptor.get("shm_path"):
+            # The source unlinks it when it expires; we at shutdown, if the
+            # pool stops first (its workers exit without cleaning up).
+            now = time.monotonic()
+            with self._lock:
+                self._peer_files = {
+                    p: t
+                    for p, t in self._peer_files.items()
+                    if now - t < self.settings.peer_expires_s
+                }
+                self._peer_files[path] = now
+        return descriptor
 
     def _tell_workers(self, method: str, **kwargs: Any) -> None:
         """Sends an inline call to every live worker, not waiting."""
@@ -960,6 +1097,7 @@ class WorkerController:
             except WorkerControllerError as e:
                 logger.warning("Unloading %r at shutdown failed: %s", name, e)
         self.pool.shutdown()
+        self._discard_exports(list(self._peer_files))
         if self.weight_cache is not None:
             self.weight_cache.close()
         self._zmq.term()

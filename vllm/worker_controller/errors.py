@@ -114,3 +114,13 @@ class AdapterConflictError(WorkerControllerError):
 class LoRANotEnabledError(AdapterConflictError):
     """A LoRA adapter's base is loaded without LoRA (``enable_lora``): its
     next load enables it, this one cannot."""
+
+
+class PeerExportError(WorkerControllerError):
+    """A model cannot serve as a peer load's source now (not ready, or its
+    loaded weights are not available), and why."""
+
+
+class PeerExportRequestError(PeerExportError, ValueError):
+    """A peer export asked for something that cannot be: a rank the model
+    does not have, a transport that cannot carry its tensors."""

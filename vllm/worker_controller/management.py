@@ -10,8 +10,9 @@ Every answer, errors included, is JSON in the OpenAI error shape.
 """
 
 import asyncio
+import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +35,8 @@ from vllm.worker_controller.errors import (
     ModelNotFoundError,
     ModelUnavailableError,
     ParkingUnavailableError,
+    PeerExportError,
+    PeerExportRequestError,
     PoolTooSmallError,
     WorkerControllerError,
 )
@@ -53,6 +56,8 @@ _STATUS: dict[type[Exception], int] = {
     ModelAlreadyLoadedError: 409,
     ModelBusyError: 409,
     ParkingUnavailableError: 409,
+    PeerExportError: 409,
+    PeerExportRequestError: 400,
     ModelLoadError: 422,
     InsufficientWorkersError: 503,
     ModelUnavailableError: 503,
@@ -89,6 +94,17 @@ class AdapterRequest(BaseModel):
     """The model it adapts: a name the server can load."""
     path: str
     """The adapter's folder (PEFT: adapter_config.json and weights)."""
+
+
+class ExportRequest(BaseModel):
+    """A peer load's request for one rank's weights (``peer/client.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = 0
+    transport: Literal["auto", "shm", "gloo", "cuda_ipc", "nccl"] = "auto"
+    host: str | None = None
+    """The target's ``host_identity()``: same node, same shared memory."""
 
 
 def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
@@ -207,6 +223,26 @@ def build_management_app(router: ModelRouter, admin_token: str) -> ASGIApp:
     @app.get("/v1/controller/adapters")
     async def adapters() -> JSONResponse:
         return JSONResponse(router.list_adapters())
+
+    @app.post("/v1/controller/models/{name}/weights/export")
+    async def export_weights(
+        name: str, body: ExportRequest, request: Request
+    ) -> JSONResponse:
+        # A broadcast's source listens where this request came in: the
+        # target reached that address already.
+        bind_host = socket.gethostbyname(request.url.hostname or "127.0.0.1")
+        try:
+            descriptor = await asyncio.to_thread(
+                controller.export_weights,
+                name,
+                body.rank,
+                body.transport,
+                body.host,
+                bind_host,
+            )
+        except WorkerControllerError as e:
+            return _controller_error(e)
+        return JSONResponse(descriptor)
 
     @app.get("/v1/controller/models")
     async def models(usage: bool = False) -> JSONResponse:

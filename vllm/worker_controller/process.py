@@ -56,11 +56,14 @@ class PooledProcessHandler:
     """Base for the objects a :class:`ControlServer` dispatches to.
 
     Methods named in ``INLINE_METHODS`` run on the control thread and must
-    be quick and thread-safe; every other method runs on the main thread,
-    one at a time, in arrival order.
+    be quick and thread-safe; those in ``THREAD_METHODS`` run on a thread of
+    their own each (thread-safe, may take a while: the main thread and the
+    control thread go on meanwhile); every other method runs on the main
+    thread, one at a time, in arrival order.
     """
 
     INLINE_METHODS: frozenset[str] = frozenset({"describe"})
+    THREAD_METHODS: frozenset[str] = frozenset()
 
     def describe(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -115,6 +118,13 @@ class ControlServer:
                 return
             if request.method in self._handler.INLINE_METHODS:
                 self._dispatch(request)
+            elif request.method in self._handler.THREAD_METHODS:
+                threading.Thread(
+                    target=self._dispatch,
+                    args=(request,),
+                    name=f"WC-{request.method}",
+                    daemon=True,
+                ).start()
             else:
                 self._main_queue.put(request)
 

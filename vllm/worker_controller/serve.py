@@ -163,6 +163,15 @@ def make_parser() -> FlexibleArgumentParser:
         "in RAM (a disk directory works too: the copies then live in the "
         "page cache)",
     )
+    group.add_argument(
+        "--peer-transport",
+        choices=["auto", "off", "shm", "gloo", "cuda_ipc", "nccl"],
+        default="auto",
+        help="a load of a checkpoint that another loaded model (same "
+        "parallel layout, dtype, quantization) holds copies that model's "
+        "weights instead of reading the checkpoint: auto (shared memory on "
+        "CPU, CUDA IPC on GPU), a transport by name, or off",
+    )
     group = parser.add_argument_group("models and access")
     group.add_argument(
         "--allowed-model-dir",
@@ -418,6 +427,7 @@ async def serve(
         park_memory_bytes=int(park_gb * 2**30),
         weight_cache_bytes=int(cache_gb * 2**30),
         weight_cache_dir=args.weight_cache_dir,
+        peer_transport=args.peer_transport,
         # vLLM's engine metrics on /metrics, as `vllm serve` has them.
         log_stats=not args.disable_log_stats,
     )

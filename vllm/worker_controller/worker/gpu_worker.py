@@ -25,6 +25,7 @@ import zmq
 from vllm.config import VllmConfig, set_current_vllm_config
 from vllm.logger import init_logger
 from vllm.platforms import current_platform
+from vllm.worker_controller import plugin
 from vllm.worker_controller.compat.cumem import install_pool_releasing_allocator
 from vllm.worker_controller.compat.executor import (
     AsyncModelRunnerOutput,
@@ -40,6 +41,13 @@ from vllm.worker_controller.compat.process_state import (
     destroy_model_parallel,
 )
 from vllm.worker_controller.config import make_dummy_vllm_config
+from vllm.worker_controller.peer.descriptor import layout_of
+from vllm.worker_controller.peer.export import export_weights
+from vllm.worker_controller.peer.loaded_state import (
+    NotExportableError,
+    after_reload,
+    keep_replaced_cpu_tensors,
+)
 from vllm.worker_controller.process import ControlServer, PooledProcessHandler
 from vllm.worker_controller.worker import leak_debug
 from vllm.worker_controller.worker.compile_cache import (
@@ -204,6 +212,8 @@ class PooledWorker(PooledProcessHandler):
             "forget_cached_weights",
         }
     )
+    # Copies a peer's weights out while the engine serves on the main thread.
+    THREAD_METHODS = frozenset({"export_weights"})
 
     def __init__(self, index: int, device_index: int | None):
         self.index = index
@@ -220,6 +230,8 @@ class PooledWorker(PooledProcessHandler):
         loaded as soon as the engine is kept (while the engine host tears
         the old engine down)."""
         self.loads = 0
+        self._export_lock = threading.Lock()
+        """Held while an export reads the model: an unload waits for it."""
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -292,6 +304,41 @@ class PooledWorker(PooledProcessHandler):
         no process maps it)."""
         attached.forget(entry)
 
+    def export_weights(
+        self,
+        transport: str = "auto",
+        target_host: str | None = None,
+        bind_host: str = "127.0.0.1",
+        expires_in_s: float = 300.0,
+    ) -> dict[str, Any]:
+        """Publishes this rank's loaded parameters for a peer load
+        (``peer/export.py``): a descriptor the target loader copies with.
+        Runs on its own thread; the engine keeps serving."""
+        with self._export_lock:
+            proc = self.proc
+            if proc is None or self.state != "serving":
+                raise NotExportableError(f"worker {self.index} holds no ready model")
+            worker = proc.worker
+            worker = getattr(worker, "wrapper", worker).worker
+            config = worker.vllm_config
+            parallel = config.parallel_config
+            return export_weights(
+                worker.get_model(),
+                model_name=str(config.model_config.served_model_name),
+                checkpoint=config.model_config.model,
+                layout=layout_of(
+                    worker.rank,
+                    parallel.tensor_parallel_size,
+                    parallel.pipeline_parallel_size,
+                    config.model_config.dtype,
+                    config.model_config.quantization,
+                ),
+                transport=transport,
+                target_host=target_host,
+                bind_host=bind_host,
+                expires_in_s=expires_in_s,
+            )
+
     def _reload_weights(self, path: str, cache_entry: str | None) -> None:
         """Loads a checkpoint into the kept model's parameters, in place
         (upstream's ``reload_weights``: layerwise, so processed and tied
@@ -302,6 +349,7 @@ class PooledWorker(PooledProcessHandler):
         route_through_host_cache(worker.vllm_config.load_config, cache_entry)
         with set_current_vllm_config(worker.vllm_config):
             worker.reload_weights(weights_path=path)
+        after_reload(worker.get_model())
 
     def _attach_swapped(
         self, vllm_config: VllmConfig, input_shm_handle: Handle
@@ -422,7 +470,8 @@ class PooledWorker(PooledProcessHandler):
         """Full reset, then the memory check against the boot baseline."""
         self.state = "unloading"
         start = time.perf_counter()
-        proc, self.proc = self.proc, None
+        with self._export_lock:  # an export in progress reads the model
+            proc, self.proc = self.proc, None
         probes: dict[str, weakref.ref] = {}
         debug = leak_debug.enabled()
         if proc is not None:
@@ -479,6 +528,10 @@ def run_pooled_worker(conn: Connection, index: int, device_index: int | None) ->
     # processes behind its back (they exit when the controller's pipe closes).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Models loaded here can be peers' sources (on CPU at the cost of
+    # keeping their loaded weights), and loads can take a peer's weights.
+    keep_replaced_cpu_tensors(True)
+    plugin.register()
     boot_config = make_dummy_vllm_config()
     with set_current_vllm_config(boot_config):
         if device_index is not None:

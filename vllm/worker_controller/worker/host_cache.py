@@ -33,6 +33,8 @@ from vllm.logger import init_logger
 from vllm.model_executor.model_loader import register_model_loader
 from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
 from vllm.platforms import current_platform
+from vllm.worker_controller.peer import PEER_LOAD_FORMAT
+from vllm.worker_controller.peer.loaded_state import RecordsLoadedState
 
 logger = init_logger(__name__)
 
@@ -41,6 +43,7 @@ HOST_CACHE_LOAD_FORMAT = "worker_controller_host_cache"
 # upstream's loader, which rejects keys it does not know).
 _ENTRY_KEY = "host_cache_entry"
 _FORMAT_KEY = "host_cache_fallback_format"
+_PEER_DESCRIPTORS_KEY = "peer_descriptors"
 # Formats whose files the cache holds and the default loader reads.
 CACHEABLE_FORMATS = ("auto", "safetensors")
 ORIGIN_FILE = "ORIGIN"
@@ -69,8 +72,13 @@ def route_through_host_cache(load_config: LoadConfig, entry: str | None) -> bool
     it is) for load formats whose files the cache does not hold."""
     load_format = str(load_config.load_format)
     extra = dict(load_config.model_loader_extra_config or {})
-    if load_format == HOST_CACHE_LOAD_FORMAT:
+    if load_format == HOST_CACHE_LOAD_FORMAT or (
+        # A load the controller routed to a peer (a swap into its engine
+        # reads a checkpoint again).
+        load_format == PEER_LOAD_FORMAT and _FORMAT_KEY in extra
+    ):
         load_format = extra[_FORMAT_KEY]
+        extra.pop(_PEER_DESCRIPTORS_KEY, None)
     elif load_format not in CACHEABLE_FORMATS:
         return False
     extra[_FORMAT_KEY] = load_format
@@ -92,16 +100,37 @@ class WeightsLoad:
     """Where one load's weights came from, and how fast."""
 
     source: str
-    """``host_cache`` or ``disk``."""
+    """``host_cache``, ``disk`` or ``peer``."""
     bytes: int = 0
     seconds: float = 0.0
+    transport: str | None = None
+    """A peer load's transport (``shm``, ``gloo``, ``cuda_ipc``, ``nccl``)."""
+    peer: str | None = None
+    """Where a peer load took its weights from (or meant to)."""
+    fallback: str | None = None
+    """Why a load meant to copy from a peer read its checkpoint instead."""
 
     def as_dict(self) -> dict[str, Any]:
         rate = self.bytes / self.seconds / 1e9 if self.seconds > 0 else None
-        return {**dataclasses.asdict(self), "gb_per_s": rate}
+        figures = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return {**figures, "gb_per_s": rate}
 
 
 _last_load: WeightsLoad | None = None
+
+
+def report_weights_load(load: WeightsLoad) -> WeightsLoad:
+    """Makes ``load`` the figures the next ``take_weights_load`` returns."""
+    global _last_load
+    _last_load = load
+    return load
+
+
+def annotate_weights_load(**fields: Any) -> None:
+    """Adds fields (e.g. why a peer load fell back) to the current figures."""
+    if _last_load is not None:
+        for key, value in fields.items():
+            setattr(_last_load, key, value)
 
 
 def take_weights_load() -> dict[str, Any] | None:
@@ -118,8 +147,7 @@ def _timed(
     """Passes ``weights`` through, timing the load: the consumer copies
     each tensor into its parameter before it asks for the next one, so the
     span from first to last covers the reads and the copies."""
-    global _last_load
-    load = _last_load = WeightsLoad(source)
+    load = report_weights_load(WeightsLoad(source))
     start = time.perf_counter()
     for name, tensor in weights:
         load.bytes += tensor.nbytes
@@ -236,9 +264,10 @@ def cached_weights(
 
 
 @register_model_loader(HOST_CACHE_LOAD_FORMAT)
-class HostCacheModelLoader(DefaultModelLoader):
+class HostCacheModelLoader(RecordsLoadedState, DefaultModelLoader):
     """Upstream's default loader, reading from the host cache when the
-    load names an entry of the checkpoint being loaded."""
+    load names an entry of the checkpoint being loaded; it records each
+    model's loaded state, so that the model can be a peer's source."""
 
     def __init__(self, load_config: LoadConfig):
         extra = dict(load_config.model_loader_extra_config or {})

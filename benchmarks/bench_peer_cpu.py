@@ -1,0 +1,116 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Weight copy speed of a peer load vs a checkpoint load, on CPU.
+
+A pool of two workers; the demo model (SmolLM2-135M-Instruct) is loaded
+once from its checkpoint and serves as the source; then the same
+checkpoint is loaded N times per way, interleaved: from the checkpoint
+(``disk``: the page cache, in practice), from the source through shared
+memory (``shm``) and through a gloo broadcast (``gloo``). Reported per
+load: the weight copy's bytes, seconds and GB/s as the load reports them
+(``weights_load``: the target's side, checks and checksums included), the
+source's export (``timings_s["peer_export"]``: writing the shared-memory
+file, or the checksums before a broadcast) and the whole weight phase
+(``timings_s["weights"]``, worker set-up included). Every load must give
+the source's greedy tokens.
+
+Writes the raw records to ``benchmarks/results/cpu-peer-<date>.json``.
+"""
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import statistics
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+
+import vllm  # noqa: E402
+from vllm import SamplingParams  # noqa: E402
+from vllm.worker_controller import WorkerController  # noqa: E402
+from vllm.worker_controller.demo_model import ensure_demo_model  # noqa: E402
+
+ARGS = dict(
+    dtype="float32",
+    max_model_len=256,
+    enforce_eager=True,
+    max_num_seqs=4,
+    max_num_batched_tokens=256,
+)
+WAYS = {"disk": "off", "shm": "shm", "gloo": "gloo"}
+
+
+async def greedy(client, prompt: str = "The capital of France is") -> list[int]:
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    async for out in client.generate(prompt, params, uuid.uuid4().hex):
+        final = out
+    return list(final.outputs[0].token_ids)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    model = str(ensure_demo_model())
+    records = []
+    with WorkerController(num_workers=2) as wc:
+        wc.load(model, "source", **ARGS)
+        expected = asyncio.run(greedy(wc.engine_client("source")))
+        for run in range(args.runs):
+            for way, transport in WAYS.items():
+                wc.settings.peer_transport = transport
+                loaded = wc.load(model, "target", **ARGS)
+                tokens = asyncio.run(greedy(wc.engine_client("target")))
+                wc.unload("target")
+                figures = loaded.weights_load or {}
+                assert tokens == expected, (way, tokens, expected)
+                assert figures.get("source") == ("disk" if way == "disk" else "peer")
+                record = {
+                    "run": run,
+                    "way": way,
+                    "weights_phase_s": loaded.timings_s["weights"],
+                    "export_s": loaded.timings_s.get("peer_export"),
+                    **figures,
+                }
+                print(json.dumps(record))
+                records.append(record)
+    print(
+        f"\n{'way':6} {'MiB':>8} {'export s':>9} {'copy s':>8} {'GB/s':>6} "
+        f"{'weights phase s':>16}"
+    )
+    for way in WAYS:
+        rows = [r for r in records if r["way"] == way]
+        print(
+            f"{way:6} {rows[0]['bytes'] / 2**20:8.1f} "
+            f"{statistics.median(r['export_s'] or 0.0 for r in rows):9.3f} "
+            f"{statistics.median(r['seconds'] for r in rows):8.3f} "
+            f"{statistics.median(r['gb_per_s'] for r in rows):6.2f} "
+            f"{statistics.median(r['weights_phase_s'] for r in rows):16.2f}"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"cpu-peer-{datetime.date.today()}.json"
+    path.write_text(
+        json.dumps(
+            {
+                "machine": {
+                    "cpu": platform.processor() or platform.machine(),
+                    "cores": os.cpu_count(),
+                    "vllm": vllm.__version__,
+                },
+                "model": "SmolLM2-135M-Instruct",
+                "engine_args": ARGS,
+                "records": records,
+            },
+            indent=1,
+        )
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
