@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -100,6 +101,9 @@ class ProcessPool:
         self._spawn_lock = threading.Lock()
         self._procs: dict[tuple[ProcessKind, int], PooledProcess] = {}
         self._closing = False
+        self._recycling: set[int] = set()
+        self.respawns: Counter[tuple[str, str]] = Counter()
+        """Processes replaced, by (kind, "died" | "recycled"): for metrics."""
 
     def start(self) -> None:
         """Spawns every process, then waits until all have booted."""
@@ -182,6 +186,7 @@ class ProcessPool:
         logger.warning("Recycling %s (pid %d): %s", p.name, p.pid, reason)
         with self._cond:
             p.state = ProcessState.DEAD
+            self._recycling.add(p.pid)
         p.proc.kill()
 
     def processes(self) -> list[PooledProcess]:
@@ -261,6 +266,10 @@ class ProcessPool:
         with self._cond:
             p.state = ProcessState.DEAD
             closing = self._closing
+            if not closing:
+                why = "recycled" if p.pid in self._recycling else "died"
+                self.respawns[(p.kind.value, why)] += 1
+            self._recycling.discard(p.pid)
             self._cond.notify_all()
         if closing:
             return
