@@ -23,6 +23,7 @@ from typing import Any
 
 from vllm.logger import init_logger
 from vllm.platforms import current_platform
+from vllm.worker_controller.compat.message_queues import unlink_queue_memory
 from vllm.worker_controller.config import ControllerSettings
 from vllm.worker_controller.engine.core import run_engine_host
 from vllm.worker_controller.errors import InsufficientWorkersError
@@ -63,6 +64,9 @@ class PooledProcess:
     last_unload: dict[str, Any] | None = None
     loading: Future | None = None
     """A worker's pending ``load_model`` call (None once answered)."""
+    queues: list[Any] = field(default_factory=list)
+    """Handles of the shared-memory queues it created for its last lease:
+    removed for it if it dies (its own teardown removes them otherwise)."""
 
     @property
     def pid(self) -> int:
@@ -280,6 +284,9 @@ class ProcessPool:
             p.pid,
             p.proc.exitcode,
         )
+        removed = sum(unlink_queue_memory(h) for h in p.queues)
+        if removed:
+            logger.info("Removed %d shared-memory queue(s) of %s", removed, p.name)
         self._on_lost_callback(p)
         threading.Thread(
             target=self._respawn, args=(p,), name=f"WCRespawn-{p.name}", daemon=True
