@@ -465,6 +465,19 @@ ASSUMPTIONS: dict[str, Callable[[], Any]] = {
             )
         )
     ),
+    "MessageQueue Handle.buffer_handle ends with its SharedMemory's name "
+    "(compat.message_queues.unlink_queue_memory)": lambda: (
+        __import__(
+            "vllm.distributed.device_communicators.shm_broadcast", fromlist=["x"]
+        ).Handle.__dataclass_fields__["buffer_handle"]
+        is not None
+        and mentions(
+            __import__(
+                "vllm.distributed.device_communicators.shm_broadcast", fromlist=["x"]
+            ).ShmRingBuffer.handle,
+            "self.shared_memory.name,\n        )",
+        )
+    ),
     "AsyncLLM.engine_core is an MPClient whose resources hold ctx (the "
     "context that owns its sockets' handle) and output_queue_task (a task on "
     "the loop that closes them): compat.engine.shutdown_engine_client": (
