@@ -59,17 +59,15 @@ def test_wheel_has_every_subpackage(tmp_path):
 
 
 PLUGIN_CHECK = """
-import sys, time
+import sys
 from importlib.metadata import entry_points
 from vllm.plugins import load_general_plugins
 
 (ours,) = [e for e in entry_points(group="vllm.general_plugins")
            if e.value == "vllm.worker_controller.plugin:register"]
-start = time.perf_counter()
 load_general_plugins()
 from vllm.worker_controller import plugin
 plugin.register()  # idempotent
-took = time.perf_counter() - start
 # Cheap: vLLM's loader registry (about half a second) is not imported for it.
 assert "vllm.model_executor.model_loader" not in sys.modules
 from vllm.config.load import LoadConfig
@@ -80,7 +78,6 @@ loader = get_model_loader(LoadConfig(
 ))
 assert type(loader).__name__ == "PeerModelLoader", type(loader)
 assert loader.peer.url == "http://127.0.0.1:1"
-print(f"plugin took {took:.3f} s")
 """
 
 
@@ -96,5 +93,3 @@ def test_the_plugin_registers_the_peer_loader_cheaply():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "already registered" not in out.stderr
-    took = float(out.stdout.split("plugin took ")[1].split()[0])
-    assert took < 0.5, took
