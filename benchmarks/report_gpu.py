@@ -313,13 +313,18 @@ def parity_markdown(path: Path, data: dict[str, Any]) -> str:
     )
     # Files written before there were several sides: top-level, controller's.
     by_side = data.get("ratios") or {"controller": data}
+    # With the controller as the only other side, the table names no side
+    # (as the published 2026-11-21 section does).
+    one = list(by_side) == ["controller"]
     ratio_rows = [
-        f"| {c} | {side} | "
+        f"| {c} | {'' if one else side + ' | '}"
         + " | ".join(fmt(r.get(k, {}).get(str(c)), 3) for k in ratio_keys)
         + " |"
         for side, r in by_side.items()
         for c in s.get("concurrency", [])
     ]
+    side_col = "" if one else " side |"
+    both, ratio = ("both sides", "Controller") if one else ("every side", "Side")
     errors = [
         f"- {side} failed: `{error_summary(data[side]['error'])}`"
         for side in sides
@@ -349,7 +354,7 @@ Method: the same {s.get("num_prompts")} requests to each server, one server
 at a time on the same GPU, through upstream's `vllm bench serve` (random
 dataset, seed {s.get("seed")}: {prompts} with `ignore_eos`; greedy;
 streamed `/v1/completions`), all submitted at once behind a concurrency
-limit. Model: {s.get("model")} shape. Engine args on every side:
+limit. Model: {s.get("model")} shape. Engine args on {both}:
 `{json.dumps(meta.get("engine_args"))}`. The controller had one pooled
 worker and `--park-memory-gb {park}` (0: no sleep mode, so its engine args
 equal stock's). Server start to ready: {servers or "–"}.
@@ -357,11 +362,11 @@ equal stock's). Server start to ready: {servers or "–"}.
 {PARITY_HEADER}
 {chr(10).join(rows)}
 
-Side / stock (1.0 = parity; above 1 is better for throughput, worse
+{ratio} / stock (1.0 = parity; above 1 is better for throughput, worse
 for latencies):
 
-| concurrency | side | output throughput | TTFT p50 | ITL p50 | ITL p99 |
-|---|---|---|---|---|---|
+| concurrency |{side_col} output throughput | TTFT p50 | ITL p50 | ITL p99 |
+|---|{"" if one else "---|"}---|---|---|---|
 {chr(10).join(ratio_rows)}
 {chr(10) + chr(10).join(errors) if errors else ""}
 """
