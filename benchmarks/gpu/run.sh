@@ -16,9 +16,7 @@
 #                  Llama-3.1-8B 16 GB) with an offline tokenizer     ~1-2 min
 #   startup-qwen   bench_startup.py, Qwen3-0.6B shape, N=$RUNS, $SCENARIOS:
 #                  ~10-11 min, i.e. two calls (6.8 + 3 min)
-#   startup-llama  the same, Llama-3.1-8B shape: ~18-20 min (3 calls);
-#                  SCENARIOS=stock_serve,ctrl_new,ctrl_reload,ctrl_unpark
-#                  ~13 min (2 calls)
+#   startup-llama  the same, Llama-3.1-8B shape: ~18-20 min (3 calls)
 #   parity         bench_parity.py, Qwen3-0.6B shape: `vllm bench serve`,
 #                  $PROMPTS prompts at $CONCURRENCY per side of $SIDES
 #                  (stock, controller, swapped, fewgraphs)  ~2.5 min a side
@@ -31,12 +29,10 @@
 #   rel-churn      gpu_reliability.py --scenario churn: two servers (max1,
 #                  fewworkers), ~3.5-5 min each (est.); called again, it resumes;
 #                  REL_ARGS="--churn-runs max1" runs one
-#   rel-kill       gpu_reliability.py --scenario kill: SIGKILL of rel-a's worker,
-#                  then of its engine host, under load    ~5-7 min (est.)
-#   rel-cold3      gpu_reliability.py --scenario cold3: 200 requests over three
-#                  models not loaded yet; 3.9 min on a fresh H200
+#   rel-kill       SIGKILL of rel-a's worker, then of its engine host, under
+#                  load                                      ~5-7 min (est.)
+#   rel-cold3      200 requests over three models not loaded yet; 3.9 min
 #                  (rel-*: the models stage's qwen3-0.6b only: SHAPES=qwen3-0.6b)
-#   results        copy every result JSON and the logs to $OUT
 #   smoke, rel-smoke  CPU development machine only: the startup and parity
 #                  benchmarks, then the reliability scenarios, on a tiny model
 # A stage that reaches its deadline ($DEADLINE_S, default 510 s) stops before
@@ -44,15 +40,13 @@
 # continue. Every stage copies the result JSONs into $OUT (what the device
 # tool returns) as it goes, plus $OUT/STAGE.log and $OUT/logs-STAGE.tgz.
 #
-# Environment: BENCH_DIR (default /tmp/bench), CYCLES, DEADLINE_S, RUNS
-# (default 3), PARK_GB (the controller's --park-memory-gb, default 48: the
-# controller's own default, half of MemTotal, can read low on a machine whose
-# memory grows on use), PYTHON (default python3), PROMPTS (parity, default
-# 200), SCENARIOS (startup stages, comma-separated; default all), SHAPES
-# (models stage; default qwen3-0.6b,llama-3.1-8b), ENGINE_ARGS (JSON of
-# EngineArgs fields for every side; default gpu_common.DEFAULT_ENGINE_ARGS,
-# plus dtype bfloat16 for rel-*), REL_ARGS (more gpu_reliability.py flags,
-# e.g. "--churn-runs max1" or "--num-prompts 2000").
+# Environment: BENCH_DIR, CONCURRENCY (parity, default 1,32), CYCLES,
+# DEADLINE_S, RUNS (default 3), PARK_GB (the controller's --park-memory-gb,
+# default 48: its own default, half of MemTotal, can read low on a machine
+# whose memory grows on use), PYTHON (default python3), PROMPTS (parity,
+# default 200), SCENARIOS (startup stages, comma-separated; default all),
+# SHAPES (models stage; default qwen3-0.6b,llama-3.1-8b), SIDES (parity,
+# default stock,controller), REL_ARGS (more gpu_reliability.py flags).
 set -uo pipefail
 [ $# -ge 1 ] || { awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' "$0"; exit 2; }
 
@@ -60,15 +54,6 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 BENCH="${BENCH_DIR:-/tmp/bench}"
 OUT="${OUT:-$BENCH/out}"
 DEADLINE_S="${DEADLINE_S:-510}"
-RUNS="${RUNS:-3}"
-PARK_GB="${PARK_GB:-48}"
-PROMPTS="${PROMPTS:-200}"
-SIDES="${SIDES:-stock,controller}"
-CONCURRENCY="${CONCURRENCY:-1,32}"
-SCENARIOS="${SCENARIOS:-stock_serve,stock_llm,ctrl_new,ctrl_swap,ctrl_swap_cached,ctrl_new_arch,ctrl_reload,ctrl_unpark,sleep_wake}"
-SHAPES="${SHAPES:-qwen3-0.6b,llama-3.1-8b}"
-ENGINE=()
-[ -n "${ENGINE_ARGS:-}" ] && ENGINE=(--engine-args "$ENGINE_ARGS")
 PY="${PYTHON:-python3}"
 mkdir -p "$BENCH/models" "$BENCH/results" "$BENCH/logs" "$OUT"
 
@@ -83,32 +68,26 @@ cd "$ROOT" || exit 1
 # One date for every stage on this machine: a stage resumes its results
 # file by name, also when it is called again after midnight.
 [ -s "$BENCH/date" ] || date -u +%F > "$BENCH/date"
-COMMON=(--models-dir "$BENCH/models" --results-dir "$BENCH/results"
-        --log-dir "$BENCH/logs" --mirror-dir "$OUT" --date "$(cat "$BENCH/date")")
+DATE="$(cat "$BENCH/date")"
 
 # A Python stage, stopped by SIGTERM (it then stops its servers and writes
 # its results) if it overruns its own deadline by a minute.
 bench() {
-    timeout -k 30 "$((DEADLINE_S + 60))" "$PY" "$@" --deadline-s "$DEADLINE_S" "${COMMON[@]}"
+    timeout -k 30 "$((DEADLINE_S + 60))" "$PY" "$@" --deadline-s "$DEADLINE_S" \
+        --models-dir "$BENCH/models" --results-dir "$BENCH/results" \
+        --log-dir "$BENCH/logs" --mirror-dir "$OUT" --date "$DATE"
 }
 
 # gpu_lifecycle.py as variant NAME (the results file's name) with ARGS;
 # without --with-stock it skips the stock reference tokens.
 lifecycle() {
-    local name="$1" stock=(--no-stock)
+    local name="$1" stock=(--no-stock) gpu
     shift
     [ "${1:-}" = --with-stock ] && { stock=(); shift; }
-    local gpu
     gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -oiE '[ahbl][0-9]+s?' | head -1 | tr A-Z a-z)
     timeout -k 30 "$DEADLINE_S" "$PY" benchmarks/gpu_lifecycle.py "${stock[@]}" \
         --cycles "${CYCLES:-6}" --models-dir "$BENCH/lifecycle-models" \
-        --out "$BENCH/results/gpu-lifecycle-$name-${gpu:-gpu}-$(cat "$BENCH/date").json" "$@"
-}
-
-collect() {
-    cp "$BENCH"/results/*.json "$OUT"/ 2>/dev/null
-    tar czf "$OUT/logs-$1.tgz" -C "$BENCH" logs 2>/dev/null
-    ls -la "$OUT"
+        --out "$BENCH/results/gpu-lifecycle-$name-${gpu:-gpu}-$DATE.json" "$@"
 }
 
 run_stage() {
@@ -118,27 +97,24 @@ run_stage() {
     check)
         nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv
         "$PY" -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "transformers", transformers.__version__)'
-        "$PY" -c 'import importlib.metadata as m; print("vllm", m.version("vllm"))'
-        "$PY" -c 'import vllm.worker_controller.serve, aiohttp; print("vllm.worker_controller.serve imports")'
+        "$PY" -c 'import importlib.metadata as m, vllm.worker_controller.serve; print("vllm", m.version("vllm"))'
         df -h "$BENCH" | tail -1
         free -g | head -2
         ;;
     models)
         "$PY" benchmarks/gpu_common.py make-models --models-dir "$BENCH/models" \
-            --shapes "$SHAPES" || rc=$?
+            --shapes "${SHAPES:-qwen3-0.6b,llama-3.1-8b}" || rc=$?
         du -sh "$BENCH"/models/* 2>/dev/null
         ;;
     startup-qwen | startup-llama)
-        local model=qwen3-0.6b
+        local model=qwen3-0.6b all=stock_serve,stock_llm,ctrl_new,ctrl_swap,ctrl_swap_cached,ctrl_new_arch,ctrl_reload,ctrl_unpark,sleep_wake
         [ "$stage" = startup-llama ] && model=llama-3.1-8b
-        bench benchmarks/bench_startup.py --models "$model" --runs "$RUNS" \
-            --scenarios "$SCENARIOS" --park-memory-gb "$PARK_GB" ${ENGINE[@]+"${ENGINE[@]}"} || rc=$?
-        collect "$stage"
+        bench benchmarks/bench_startup.py --models "$model" --runs "${RUNS:-3}" \
+            --scenarios "${SCENARIOS:-$all}" --park-memory-gb "${PARK_GB:-48}" || rc=$?
         ;;
     parity)
-        bench benchmarks/bench_parity.py --model qwen3-0.6b --num-prompts "$PROMPTS" \
-            --concurrency "$CONCURRENCY" --sides "$SIDES" ${ENGINE[@]+"${ENGINE[@]}"} || rc=$?
-        collect "$stage"
+        bench benchmarks/bench_parity.py --model qwen3-0.6b --num-prompts "${PROMPTS:-200}" \
+            --concurrency "${CONCURRENCY:-1,32}" --sides "${SIDES:-stock,controller}" || rc=$?
         ;;
     leak)
         # Where the driver-level drift per load comes from: the lifecycle
@@ -146,12 +122,10 @@ run_stage() {
         lifecycle nosleep --no-park --engine-args '{"enable_sleep_mode": false}' || rc=$?
         lifecycle sleep --no-park || rc=$?
         lifecycle sleep-eager --no-park --engine-args '{"enforce_eager": true}' || rc=$?
-        collect "$stage"
         ;;
     drift)
         # The memory-drift target: 20 cycles with vLLM's defaults, parking.
         lifecycle drift --with-stock --cycles 20 || rc=$?
-        collect "$stage"
         ;;
     unpark-kv)
         # Unpark time against the KV cache size it re-maps.
@@ -159,23 +133,17 @@ run_stage() {
             lifecycle "park-kv${gib}g" --cycles 2 --models qwen3-0.6b \
                 --engine-args "{\"kv_cache_memory_bytes\": $((gib << 30))}" || rc=$?
         done
-        collect "$stage"
         ;;
     tp2)
         # Two ranks in two pooled processes; tokens against stock TP=2.
         lifecycle tp2 --with-stock --engine-args '{"tensor_parallel_size": 2}' || rc=$?
-        collect "$stage"
         ;;
     rel-churn | rel-kill | rel-cold3)
         # Reliability under churn / kills / a cold start of three models:
         # every answer counted (gpu_reliability.py).
         # shellcheck disable=SC2086  # REL_ARGS: more flags, word-split
         bench benchmarks/gpu_reliability.py --scenario "${stage#rel-}" \
-            --park-memory-gb "$PARK_GB" ${ENGINE[@]+"${ENGINE[@]}"} ${REL_ARGS:-} || rc=$?
-        collect "$stage"
-        ;;
-    results)
-        collect "$stage"
+            --park-memory-gb "${PARK_GB:-48}" ${REL_ARGS:-} || rc=$?
         ;;
     smoke)
         # CPU development machine only: both benchmarks on a tiny model.
@@ -186,19 +154,19 @@ run_stage() {
         bench benchmarks/bench_parity.py --model tiny-qwen3 --num-prompts 8 --swaps 2 \
             --concurrency 1,4 --input-len 64 --output-len 16 --engine-args "$tiny" \
             --sides stock,controller,swapped,fewgraphs || rc=$?
-        collect "$stage"
         ;;
     rel-smoke)
         # CPU development machine only: the reliability scenarios, tiny.
         bench benchmarks/gpu_reliability.py --smoke --scenario churn,kill,cold3 \
             --churn-runs fewworkers || rc=$?
-        collect "$stage"
         ;;
     *)
-        echo "unknown stage $stage (check, models, startup-qwen, startup-llama, parity, leak, drift, unpark-kv, tp2, rel-churn, rel-kill, rel-cold3, results, smoke, rel-smoke)" >&2
+        echo "unknown stage $stage (see: bash $0)" >&2
         return 2
         ;;
     esac
+    cp "$BENCH"/results/*.json "$OUT"/ 2>/dev/null
+    tar czf "$OUT/logs-$stage.tgz" -C "$BENCH" logs 2>/dev/null
     echo "=== stage $stage: exit $rc ($(date -u +%H:%M:%S) UTC) ==="
     return "$rc"
 }
