@@ -40,14 +40,19 @@ def server(tiny_models, tmp_path_factory):
         proc.wait(30)
 
 
-def listing(url: str) -> dict[str, dict]:
-    r = httpx.get(f"{url}/v1/controller/models", headers=ADMIN_HEADERS, timeout=30)
+def listing(url: str, usage: bool = False) -> dict[str, dict]:
+    r = httpx.get(
+        f"{url}/v1/controller/models",
+        params={"usage": "true"} if usage else {},
+        headers=ADMIN_HEADERS,
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     return {m["name"]: m for m in r.json()}
 
 
-def replicas(url: str) -> dict[int, dict]:
-    model = listing(url).get("qwen3")
+def replicas(url: str, usage: bool = False) -> dict[int, dict]:
+    model = listing(url, usage).get("qwen3")
     return {} if model is None else {r["index"]: r for r in model["replicas"]}
 
 
@@ -73,7 +78,7 @@ def test_requests_spread_over_replicas(server, tiny_models):
     found = wait_replicas(url, 2)
     assert found[1]["weights_load"]["source"] == "peer", found[1]
     assert set(found[0]["workers"]).isdisjoint(found[1]["workers"])
-    before = {i: r["requests"] for i, r in found.items()}
+    before = {i: r["requests"] for i, r in replicas(url, usage=True).items()}
 
     async def burst() -> list:
         async with httpx.AsyncClient(base_url=url, timeout=None) as client:
@@ -86,7 +91,8 @@ def test_requests_spread_over_replicas(server, tiny_models):
     for o in outcomes:
         assert o.status == 200 and o.error_type is None, o
         assert o.token_ids == expected
-    after = replicas(url)
+    after = replicas(url, usage=True)
+    assert all(r["in_flight"] == 0 for r in after.values()), after
     served = {i: after[i]["requests"] - before[i] for i in after}
     assert sum(served.values()) == 8 and min(served.values()) >= 2, served
     # One model for clients; per-replica counts on /metrics.

@@ -266,7 +266,7 @@ def build_management_app(router: ModelRouter, admin_token: str) -> ASGIApp:
         # while nothing happens (what scripts compare).
         # Replicas' records are listed under their model.
         listed = [
-            {**m, "replicas": router.scaler.describe(m["name"])}
+            {**m, "replicas": router.scaler.describe(m["name"], usage)}
             for m in controller.list_models()
             if not is_replica(m["name"])
         ]

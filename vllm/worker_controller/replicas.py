@@ -22,7 +22,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vllm.logger import init_logger
 from vllm.worker_controller.controller import ModelState
@@ -32,9 +32,6 @@ from vllm.worker_controller.errors import (
     WorkerControllerError,
 )
 from vllm.worker_controller.pool import ProcessKind, ProcessState
-
-if TYPE_CHECKING:
-    from vllm.worker_controller.router import ModelRouter
 
 logger = init_logger(__name__)
 
@@ -128,11 +125,15 @@ class ReplicaScaler:
     while the queue per replica stays long and workers are idle, and
     removes extra replicas that stay idle. Replica loads never evict
     another model (``ModelRouter.add(..., may_evict=False)``); the
-    controller copies their weights from a ready replica (peer loading)."""
+    controller copies their weights from a ready replica (peer loading).
+
+    ``router`` is the ``ModelRouter`` that owns it, typed ``Any``: the
+    router imports this module, and imports here run one way
+    (``test_seam.py``)."""
 
     def __init__(
         self,
-        router: "ModelRouter",
+        router: Any,
         scale_up_queue: float = 8.0,
         scale_up_after_s: float = 10.0,
         idle_s: float = 60.0,
@@ -185,8 +186,11 @@ class ReplicaScaler:
             or replica_name(name, i) in self.router._loading
         ]
 
-    def describe(self, name: str) -> list[dict[str, Any]]:
-        """The listing's ``replicas`` of model ``name``."""
+    def describe(self, name: str, usage: bool = True) -> list[dict[str, Any]]:
+        """The listing's ``replicas`` of model ``name``; ``usage``: with
+        the request counts (figures that change with every request, which
+        a plain listing leaves out so that it stays equal while no model
+        changes)."""
         out = []
         for index in self.indices(name):
             replica = replica_name(name, index)
@@ -205,17 +209,17 @@ class ReplicaScaler:
                 ),
                 {},
             )
-            out.append(
-                {
-                    "index": index,
-                    "state": state.value,
-                    "workers": listed.get("worker_pids", []),
-                    "devices": devices,
-                    "in_flight": self.book.in_flight[replica],
-                    "requests": self.book.served[replica],
-                    "weights_load": listed.get("weights_load"),
-                }
-            )
+            entry = {
+                "index": index,
+                "state": state.value,
+                "workers": listed.get("worker_pids", []),
+                "devices": devices,
+                "weights_load": listed.get("weights_load"),
+            }
+            if usage:
+                entry["in_flight"] = self.book.in_flight[replica]
+                entry["requests"] = self.book.served[replica]
+            out.append(entry)
         return out
 
     # ----------------------------------------------------------- scaling
