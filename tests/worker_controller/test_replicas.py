@@ -28,11 +28,17 @@ def server(tiny_models, tmp_path_factory):
     catalog.write_text(
         f"models:\n  qwen3:\n    model: {tiny_models['qwen3']}\n"
         "    replicas: {min: 2, max: 2}\n"
+        f"  auto:\n    model: {tiny_models['qwen3']}\n"
+        "    replicas: {min: 1, max: 2}\n"
     )
     proc, url = start_server(
         "--num-workers=2",
         f"--model-catalog={catalog}",
         f"--admin-token={ADMIN}",
+        # The autoscaler, quick enough for a test.
+        "--replica-scale-up-queue=1",
+        "--replica-scale-up-after=1s",
+        "--replica-idle=5s",
     )
     yield proc, url
     if proc.poll() is None:
@@ -51,8 +57,8 @@ def listing(url: str, usage: bool = False) -> dict[str, dict]:
     return {m["name"]: m for m in r.json()}
 
 
-def replicas(url: str, usage: bool = False) -> dict[int, dict]:
-    model = listing(url, usage).get("qwen3")
+def replicas(url: str, usage: bool = False, name: str = "qwen3") -> dict[int, dict]:
+    model = listing(url, usage).get(name)
     return {} if model is None else {r["index"]: r for r in model["replicas"]}
 
 
@@ -97,7 +103,7 @@ def test_requests_spread_over_replicas(server, tiny_models):
     assert sum(served.values()) == 8 and min(served.values()) >= 2, served
     # One model for clients; per-replica counts on /metrics.
     ids = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
-    assert ids == ["qwen3"], ids
+    assert ids == ["qwen3", "auto"], ids
     metrics = httpx.get(f"{url}/metrics").text
     assert 'vllm_wc_requests_total{model="qwen3",replica="1"}' in metrics
     r = httpx.post(
@@ -221,3 +227,33 @@ def test_killed_replica(server, tiny_models):
         assert time.monotonic() < deadline, found
         time.sleep(0.5)
     assert found[1]["weights_load"]["source"] == "peer", found[1]
+
+
+def test_autoscale_up_and_down(server):
+    """With qwen3 unloaded (its replicas go with it), ``auto`` (1..2)
+    gets a second replica while its queue stays long, from a peer, and
+    loses it once idle."""
+    _, url = server
+    r = httpx.delete(f"{url}/v1/controller/models/qwen3", headers=ADMIN_HEADERS)
+    assert r.status_code == 200, r.text
+    assert "qwen3" not in listing(url)
+
+    async def load_until_scaled() -> tuple[list, dict]:
+        async with httpx.AsyncClient(base_url=url, timeout=None) as client:
+            outcomes: list = []
+            deadline = time.monotonic() + 240
+            while True:
+                wave = [completion(client, "auto", False, 200) for _ in range(8)]
+                outcomes += await asyncio.gather(*wave)
+                found = replicas(url, name="auto")
+                if len(found) == 2 and found[1]["state"] == "ready":
+                    return outcomes, found
+                assert time.monotonic() < deadline, found
+
+    outcomes, found = asyncio.run(load_until_scaled())
+    assert all(o.status == 200 for o in outcomes), summary(outcomes)
+    assert found[1]["weights_load"]["source"] == "peer", found[1]
+    deadline = time.monotonic() + 120
+    while len(replicas(url, name="auto")) != 1:  # idle: back to min
+        assert time.monotonic() < deadline, replicas(url, name="auto")
+        time.sleep(0.5)
