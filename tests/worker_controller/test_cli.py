@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.worker_controller.test_serve import free_port, start_server
+from tests.worker_controller.test_serve import free_port, start_server, stop_server
 from vllm.platforms import current_platform
 from vllm.worker_controller import cli
 
@@ -34,11 +34,7 @@ def server(tiny_models, tmp_path_factory):
         env={"VLLM_WC_CACHE_DIR": str(cache)},
     )
     yield url, cache
-    proc.terminate()
-    try:
-        proc.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
 
 
 @pytest.fixture

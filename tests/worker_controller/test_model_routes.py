@@ -12,7 +12,6 @@ stored responses give the right answers (HF transformers as the reference).
 
 import http.client
 import json
-import subprocess
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import vllm.envs
 from tests.worker_controller.models import build_classifier
-from tests.worker_controller.test_serve import start_server
+from tests.worker_controller.test_serve import start_server, stop_server
 from tests.worker_controller.test_serve_model_kinds import hf_embeddings
 from vllm.config import ModelConfig
 from vllm.tasks import FRONTEND_TASKS, GENERATION_TASKS, POOLING_TASKS
@@ -163,11 +162,7 @@ def server(tiny_models, classifier, tmp_path_factory) -> str:
         env={"VLLM_ENABLE_RESPONSES_API_STORE": "1"},
     )
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
 
 
 def post(url: str, path: str, body: dict[str, Any]) -> httpx.Response:

@@ -41,6 +41,16 @@ TINY_FLAGS = [
 STOCK_SERVE = ["vllm.entrypoints.openai.api_server"]
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    """Stops a ``start_server`` process as SIGTERM does (drain, unload),
+    killing it if that takes more than 90 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def server_log(url: str) -> Path:
     """Where ``start_server`` writes the output of the server at ``url``."""
     return Path(tempfile.gettempdir()) / f"wc-server-{url.rsplit(':', 1)[1]}.log"

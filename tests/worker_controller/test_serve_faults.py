@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.worker_controller.http_load import PROMPT, completion, summary
 from tests.worker_controller.models import SEED, build_model, hf_greedy
@@ -199,11 +200,33 @@ async def kill_under_load(url: str, victim_pid: int) -> dict:
         }
 
 
+def respawns(url: str, kind: str) -> float:
+    """``vllm_wc_process_respawns_total`` of ``kind`` processes that died."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "vllm_wc_process_respawns_total"
+        and sample.labels == {"kind": kind, "reason": "died"}
+    )
+
+
+def queues_of(pid: int) -> set[Path]:
+    """The shared memory of the message queues a process maps (Python's
+    ``SharedMemory`` names them psm_*; the weight cache's files stay)."""
+    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {Path(line.split()[-1]) for line in maps if " /dev/shm/psm_" in line}
+
+
 @pytest.mark.parametrize("victim", ["worker", "engine_host"])
 def test_killed_process_under_load(server, tiny_models, victim, capsys):
     _, url = server
     model, bystander = models(url)["qwen3"], models(url)["qwen3-b"]
+    respawns_before = respawns(url, victim)
     pid = model["worker_pids"][0] if victim == "worker" else model["engine_host_pid"]
+    queues = queues_of(pid)
+    assert queues, "no shared-memory queue found"
     result = asyncio.run(kill_under_load(url, pid))
     outcomes = result["outcomes"]
     with capsys.disabled():
@@ -239,6 +262,10 @@ def test_killed_process_under_load(server, tiny_models, victim, capsys):
         assert time.monotonic() < deadline, workers
         time.sleep(1)
     assert pid not in {w["pid"] for w in workers}
+    assert respawns(url, victim) == respawns_before + 1
+    # The killed process could not remove the queues it made; nor could
+    # its peers (not theirs): the controller did.
+    assert not [q for q in queues if q.exists()], queues
     assert models(url)["qwen3"]["state"] == "ready"
     # The bystander kept its processes all along (no swap, no eviction).
     keys = ("state", "worker_pids", "engine_host_pid", "brought_up")

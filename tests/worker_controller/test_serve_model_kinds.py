@@ -5,7 +5,6 @@ knows the capital of France, and ``/metrics`` carries vLLM's own engine
 metrics for both, labelled by model, next to the controller's."""
 
 import json
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 from transformers import AutoModel, AutoTokenizer
 
-from tests.worker_controller.test_serve import start_server
+from tests.worker_controller.test_serve import start_server, stop_server
 from vllm.worker_controller.demo_model import demo_engine_args, ensure_demo_model
 
 EMBED, DEMO = "tiny-embed", "smollm2"
@@ -40,11 +39,7 @@ def server(tiny_models, tmp_path_factory):
         f"--model-catalog={catalog}", "--num-workers=2", f"--admin-token={ADMIN}"
     )
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
 
 
 def client(url: str) -> openai.OpenAI:

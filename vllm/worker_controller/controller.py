@@ -578,6 +578,9 @@ class WorkerController:
                 swap,
                 self._kv_budgets.get(budget_key),
             )
+            host.queues = [handle]
+            for w, r in zip(record.workers, replies, strict=True):
+                w.queues = [r["response_handle"]]
             record.weights_bytes = sum(r["weights_bytes"] for r in replies)
             # A swap's weights were copied as its workers were released.
             record.weights_load = replies[0]["weights_load"] or record.weights_load

@@ -79,6 +79,29 @@ class ControllerMetrics:
             ["model", "replica"],
             registry=r,
         )
+        self.respawns = Counter(
+            "vllm_wc_process_respawns",
+            "Pooled processes replaced: died, or recycled (not back to their "
+            "boot memory after an unload).",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self._respawns_seen: dict[tuple[str, str], int] = {}
+        self.weight_cache_bytes = Gauge(
+            "vllm_wc_weight_cache_bytes",
+            "Checkpoint bytes held in the host-RAM weight cache.",
+            registry=r,
+        )
+        self.weight_cache_budget = Gauge(
+            "vllm_wc_weight_cache_budget_bytes",
+            "The host-RAM weight cache's budget (--weight-cache-gb).",
+            registry=r,
+        )
+        self.weight_cache_entries = Gauge(
+            "vllm_wc_weight_cache_entries",
+            "Checkpoints in the host-RAM weight cache.",
+            registry=r,
+        )
 
     @contextlib.contextmanager
     def in_flight(self, model: str, replica: int) -> Iterator[None]:
@@ -110,6 +133,15 @@ class ControllerMetrics:
         self.models.clear()
         for m in controller.list_models():
             self.models.labels(m["state"]).inc()
+        # The pool counts replacements; the counter catches up at each scrape.
+        for key, count in dict(controller.pool.respawns).items():
+            self.respawns.labels(*key).inc(count - self._respawns_seen.get(key, 0))
+            self._respawns_seen[key] = count
+        if (cache := controller.weight_cache) is not None:
+            entries = cache.entries()
+            self.weight_cache_bytes.set(sum(e["bytes"] for e in entries))
+            self.weight_cache_entries.set(len(entries))
+            self.weight_cache_budget.set(cache.budget_bytes)
         return exposition([self.registry], controller.engine_metrics.registries())
 
 

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from typing import Any
 
 from vllm.logger import init_logger
 from vllm.platforms import current_platform
+from vllm.worker_controller.compat.message_queues import unlink_queue_memory
 from vllm.worker_controller.config import ControllerSettings
 from vllm.worker_controller.engine.core import run_engine_host
 from vllm.worker_controller.errors import InsufficientWorkersError
@@ -62,6 +64,9 @@ class PooledProcess:
     last_unload: dict[str, Any] | None = None
     loading: Future | None = None
     """A worker's pending ``load_model`` call (None once answered)."""
+    queues: list[Any] = field(default_factory=list)
+    """Handles of the shared-memory queues it created for its last lease:
+    removed for it if it dies (its own teardown removes them otherwise)."""
 
     @property
     def pid(self) -> int:
@@ -100,6 +105,9 @@ class ProcessPool:
         self._spawn_lock = threading.Lock()
         self._procs: dict[tuple[ProcessKind, int], PooledProcess] = {}
         self._closing = False
+        self._recycling: set[int] = set()
+        self.respawns: Counter[tuple[str, str]] = Counter()
+        """Processes replaced, by (kind, "died" | "recycled"): for metrics."""
 
     def start(self) -> None:
         """Spawns every process, then waits until all have booted."""
@@ -182,6 +190,7 @@ class ProcessPool:
         logger.warning("Recycling %s (pid %d): %s", p.name, p.pid, reason)
         with self._cond:
             p.state = ProcessState.DEAD
+            self._recycling.add(p.pid)
         p.proc.kill()
 
     def processes(self) -> list[PooledProcess]:
@@ -261,6 +270,10 @@ class ProcessPool:
         with self._cond:
             p.state = ProcessState.DEAD
             closing = self._closing
+            if not closing:
+                why = "recycled" if p.pid in self._recycling else "died"
+                self.respawns[(p.kind.value, why)] += 1
+            self._recycling.discard(p.pid)
             self._cond.notify_all()
         if closing:
             return
@@ -271,6 +284,9 @@ class ProcessPool:
             p.pid,
             p.proc.exitcode,
         )
+        removed = sum(unlink_queue_memory(h) for h in p.queues)
+        if removed:
+            logger.info("Removed %d shared-memory queue(s) of %s", removed, p.name)
         self._on_lost_callback(p)
         threading.Thread(
             target=self._respawn, args=(p,), name=f"WCRespawn-{p.name}", daemon=True

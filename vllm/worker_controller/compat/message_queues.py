@@ -7,9 +7,11 @@ ready barrier whose peer never comes must end instead of blocking the
 process for good.
 """
 
+from multiprocessing import shared_memory
+
 import zmq
 
-from vllm.distributed.device_communicators.shm_broadcast import MessageQueue
+from vllm.distributed.device_communicators.shm_broadcast import Handle, MessageQueue
 
 
 def wait_until_ready(mq: MessageQueue, timeout_s: float, what: str) -> None:
@@ -37,3 +39,23 @@ def close_message_queue(mq: MessageQueue) -> None:
     for sock in (mq.local_socket, mq.remote_socket):
         if sock is not None:
             sock.close(linger=0)
+
+
+def unlink_queue_memory(handle: Handle) -> bool:
+    """Removes the shared memory of a ``MessageQueue`` whose creator died.
+
+    Its creator unlinks it when the queue is collected; a process killed
+    first leaves it in /dev/shm (hundreds of MiB for an engine's queues)
+    until the server stops. Unlinking a segment that live readers still map
+    is safe: their mapping stays until they close it. False if it is gone.
+    Relies on: ``Handle.buffer_handle`` ending with the segment's name.
+    """
+    if handle.buffer_handle is None:
+        return False
+    try:
+        memory = shared_memory.SharedMemory(name=handle.buffer_handle[-1])
+    except FileNotFoundError:
+        return False
+    memory.close()
+    memory.unlink()  # also drops the creator's resource-tracker entry
+    return True
