@@ -66,10 +66,11 @@ def test_ps_and_workers(wc, server):
     assert status == 0, err
     table = rows(out)
     assert table["header"].split() == [
-        *("NAME", "STATE", "DEVICE", "MEMORY", "IDLE", "LAST", "LOAD", "MODEL")
+        *("NAME", "STATE", "REPLICAS", "DEVICE", "MEMORY", "IDLE", "LAST", "LOAD"),
+        "MODEL",
     ]
     assert re.fullmatch(
-        rf"{NAME} +ready +cpu +{MEMORY} +{DURATION} +load {DURATION} +/\S+/{NAME}",
+        rf"{NAME} +ready +1 +cpu +{MEMORY} +{DURATION} +load {DURATION} +/\S+/{NAME}",
         table[NAME],
     ), table[NAME]
 

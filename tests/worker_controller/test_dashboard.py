@@ -53,6 +53,8 @@ def exported(tmp_path_factory) -> dict[str, set[str]]:
     metrics.processes.labels("worker", "idle").set(1)
     metrics.models.labels("ready").set(1)
     metrics.respawns.labels("worker", "died").inc()
+    with metrics.in_flight("tiny", 1):  # a request on a replica
+        pass
     model = build_model("qwen3", tmp_path_factory.mktemp("dashboard"))
     vllm_config = EngineArgs(model=str(model), **TINY_ARGS).create_engine_config()
     registry = CollectorRegistry()

@@ -209,11 +209,12 @@ def _last_load(model: dict[str, Any]) -> str:
 
 def show_models(models: list[dict[str, Any]]) -> str:
     return table(
-        ("NAME", "STATE", "DEVICE", "MEMORY", "IDLE", "LAST LOAD", "MODEL"),
+        ("NAME", "STATE", "REPLICAS", "DEVICE", "MEMORY", "IDLE", "LAST LOAD", "MODEL"),
         [
             (
                 m["name"],
                 m["state"],
+                len(m.get("replicas") or []) or 1,
                 _devices(m.get("devices")),
                 _bytes(m.get("memory_bytes")),
                 _duration(m.get("idle_s")),

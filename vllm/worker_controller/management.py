@@ -40,6 +40,7 @@ from vllm.worker_controller.errors import (
     PoolTooSmallError,
     WorkerControllerError,
 )
+from vllm.worker_controller.replicas import is_replica
 from vllm.worker_controller.responses import error_response
 from vllm.worker_controller.router import ModelRouter
 
@@ -83,6 +84,13 @@ class LoadRequest(BaseModel):
     model: str
     name: str | None = None
     engine_args: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScaleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int = Field(ge=1)
+    """Engines to serve the model (unload it with DELETE)."""
 
 
 class AdapterRequest(BaseModel):
@@ -199,6 +207,13 @@ def build_management_app(router: ModelRouter, admin_token: str) -> ASGIApp:
         except WorkerControllerError as e:
             return _controller_error(e)
 
+    @app.post("/v1/controller/models/{name}/scale")
+    async def scale(name: str, request: ScaleRequest) -> JSONResponse:
+        try:
+            return JSONResponse(await router.scaler.scale(name, request.replicas))
+        except WorkerControllerError as e:
+            return _controller_error(e)
+
     @app.post("/v1/controller/adapters")
     async def add_adapter(request: AdapterRequest) -> JSONResponse:
         if not router.is_allowed(request.path):
@@ -249,7 +264,12 @@ def build_management_app(router: ModelRouter, admin_token: str) -> ASGIApp:
         # ?usage=true: figures that change by the second and cost a round
         # trip to each process; without it, a listing that stays equal
         # while nothing happens (what scripts compare).
-        listed = controller.list_models()
+        # Replicas' records are listed under their model.
+        listed = [
+            {**m, "replicas": router.scaler.describe(m["name"], usage)}
+            for m in controller.list_models()
+            if not is_replica(m["name"])
+        ]
         if not usage:
             return JSONResponse(listed)
         workers = await asyncio.to_thread(controller.list_workers, True)

@@ -8,6 +8,7 @@ vLLM's engine metrics (``engine_metrics.py``) as one exposition.
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -66,6 +67,18 @@ class ControllerMetrics:
             buckets=_BUCKETS,
             registry=r,
         )
+        self.requests = Counter(
+            "vllm_wc_requests",
+            "Requests handed to a model's engine, per replica (0: the first).",
+            ["model", "replica"],
+            registry=r,
+        )
+        self.requests_in_flight = Gauge(
+            "vllm_wc_requests_in_flight",
+            "Requests running on a model's engine, per replica.",
+            ["model", "replica"],
+            registry=r,
+        )
         self.respawns = Counter(
             "vllm_wc_process_respawns",
             "Pooled processes replaced: died, or recycled (not back to their "
@@ -89,6 +102,18 @@ class ControllerMetrics:
             "Checkpoints in the host-RAM weight cache.",
             registry=r,
         )
+
+    @contextlib.contextmanager
+    def in_flight(self, model: str, replica: int) -> Iterator[None]:
+        """Counts a request on one replica of ``model`` while it runs."""
+        labels = (model, str(replica))
+        self.requests.labels(*labels).inc()
+        gauge = self.requests_in_flight.labels(*labels)
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
 
     def observe_wait(self, kind: str, seconds: float) -> None:
         self.requests_waited.labels(kind).inc()

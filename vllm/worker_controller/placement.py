@@ -115,6 +115,9 @@ class Placement:
         self._last_used: dict[str, float] = {}
         self._evicting: set[str] = set()
         self._device_locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.evict_first: Callable[[str], bool] = lambda name: False
+        """Models to take before any other when room is needed (a replica
+        beyond its model's ``min``; see ``replicas.py``)."""
 
     # ------------------------------------------------------ pins and LRU
 
@@ -357,12 +360,13 @@ class Placement:
         return max(candidates)[1] if candidates else None
 
     def _victim(self, shortage: _Shortage, exclude: str) -> str | None:
-        """The least recently used model that may make this room."""
+        """The least recently used model that may make this room (an
+        extra replica before any other)."""
         if not shortage.victims:
             return None
         claims = self.controller.device_claims()
         candidates = [
-            (self.idle_s(m["name"]), m["name"])
+            (self.evict_first(m["name"]), self.idle_s(m["name"]), m["name"])
             for m in self.controller.list_models()
             if ModelState(m["state"]) in shortage.victims
             and m["name"] != exclude
@@ -373,4 +377,4 @@ class Placement:
                 or shortage.devices & set(claims.get(m["name"], {}))
             )
         ]
-        return max(candidates)[1] if candidates else None
+        return max(candidates)[-1] if candidates else None

@@ -15,6 +15,7 @@ model's app, which serves the adapter through upstream's LoRA support
 """
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -72,6 +73,13 @@ from vllm.worker_controller.errors import (
 )
 from vllm.worker_controller.metrics import ControllerMetrics
 from vllm.worker_controller.placement import Placement, Reservation
+from vllm.worker_controller.replicas import (
+    Bounds,
+    ReplicaBook,
+    ReplicaScaler,
+    is_replica,
+    split,
+)
 from vllm.worker_controller.responses import (
     error_response,
     send_error,
@@ -108,6 +116,9 @@ class CatalogEntry:
     for this entry (see ``access.py``)."""
     preload: bool = False
     """Copy its weights into the host-RAM weight cache at server start."""
+    replicas: Bounds = field(default_factory=Bounds)
+    """Engines that serve it (``replicas.py``): at least ``min`` while it
+    is loaded, up to ``max`` while its queue stays long."""
 
 
 @dataclass
@@ -160,6 +171,14 @@ class _BodyTooLarge(Exception):
     pass
 
 
+async def _no_eviction(name: str, unload: bool) -> None:
+    """The eviction of a load that may take only free room."""
+    raise ModelUnavailableError(
+        f"no free room (loading a replica evicts no model, here {name!r})",
+        retry_after_s=5.0,
+    )
+
+
 class ModelRouter:
     """ASGI app: dispatches OpenAI requests to per-model vLLM apps.
 
@@ -182,6 +201,9 @@ class ModelRouter:
         keep_alive_s: float = math.inf,
         api_keys: list[str] | None = None,
         max_body_bytes: int = 32 << 20,
+        replica_scale_up_queue: float = 8.0,
+        replica_scale_up_after_s: float = 10.0,
+        replica_idle_s: float = 60.0,
     ):
         self.controller = controller
         self.args = args
@@ -203,6 +225,14 @@ class ModelRouter:
         self._loading: dict[str, asyncio.Task] = {}
         self._unparking: dict[str, asyncio.Task] = {}
         self._backoff: dict[str, _Backoff] = {}
+        self.replicas = ReplicaBook()
+        for name, entry in self.catalog.items():
+            if entry.replicas != Bounds():
+                self.replicas.bounds[name] = entry.replicas
+        self.scaler = ReplicaScaler(
+            self, replica_scale_up_queue, replica_scale_up_after_s, replica_idle_s
+        )
+        self.placement.evict_first = self.scaler.is_extra
         self._openai: ASGIApp = self._openai_endpoints
         if api_keys:
             self._openai = BearerAuth(self._openai, api_keys)
@@ -245,15 +275,20 @@ class ModelRouter:
     # --------------------------------------------------------- lifecycle
 
     async def add(
-        self, name: str, model: str, engine_args: dict[str, Any] | None = None
+        self,
+        name: str,
+        model: str,
+        engine_args: dict[str, Any] | None = None,
+        may_evict: bool = True,
     ) -> dict:
         """Loads ``model`` as ``name`` and serves it. Everything that can
-        be checked is checked before anything is evicted for it; a failed
+        be checked is checked before anything is evicted for it (nothing
+        is, unless ``may_evict``: replicas take only free room); a failed
         model of that name is replaced."""
         if name in self._loading:
             raise ModelBusyError(f"Model {name!r} is being loaded")
         task = self._loading[name] = asyncio.create_task(
-            self._add_pinned(name, model, engine_args or {})
+            self._add_pinned(name, model, engine_args or {}, may_evict)
         )
         task.add_done_callback(lambda _: self._loading.pop(name, None))
         return await asyncio.shield(task)
@@ -282,7 +317,7 @@ class ModelRouter:
             await self.remove(name, "was precompiled")
 
     async def _add_pinned(
-        self, name: str, model: str, engine_args: dict[str, Any]
+        self, name: str, model: str, engine_args: dict[str, Any], may_evict: bool
     ) -> dict:
         """``_add`` with the model pinned until it serves: between its
         reservation's end and its app's start, a load that makes room
@@ -290,13 +325,19 @@ class ModelRouter:
         loaded over the management API) and stop the engine its app is
         being built on."""
         with self.placement.pin(name):
-            return await self._add(name, model, engine_args)
+            return await self._add(name, model, engine_args, may_evict)
 
-    async def _add(self, name: str, model: str, engine_args: dict[str, Any]) -> dict:
+    async def _add(
+        self,
+        name: str,
+        model: str,
+        engine_args: dict[str, Any],
+        may_evict: bool = True,
+    ) -> dict:
         state = self.controller.state(name)
         if state == ModelState.FAILED:
             logger.info("Replacing failed model %r", name)
-            await self.remove(name)
+            await self.remove(name, with_replicas=False)
         elif state is not None:
             raise ModelAlreadyLoadedError(
                 f"A model named {name!r} is already loaded ({state.value})"
@@ -308,7 +349,7 @@ class ModelRouter:
             prepared = await asyncio.to_thread(
                 self.controller.prepare, model, name, **args
             )
-            loaded = await self._load_reserved(name, model, prepared)
+            loaded = await self._load_reserved(name, model, prepared, may_evict)
         except ModelUnavailableError:
             raise  # no room now: not the model's failure
         except WorkerControllerError:
@@ -336,18 +377,19 @@ class ModelRouter:
         """The engine args a load of ``name`` gets: the command line's, the
         load's own, and LoRA if adapters name it as their base."""
         args = {**self.engine_args, **engine_args}
-        if adapters := self.adapters.of_base(name):
+        if adapters := self.adapters.of_base(split(name)[0]):
             args = lora_engine_args(args, (a.rank for a in adapters.values()))
         return args
 
     async def _load_reserved(
-        self, name: str, model: str, prepared: PreparedLoad
+        self, name: str, model: str, prepared: PreparedLoad, may_evict: bool = True
     ) -> LoadResult:
         """Reserves room (evicting, or choosing an engine to swap into),
         then loads. A swap that cannot happen leaves its victim unloaded or
         as it was, and the reservation is made again."""
+        evict = self._evict if may_evict else _no_eviction
         while True:
-            reservation = await self.placement.reserve_load(name, prepared, self._evict)
+            reservation = await self.placement.reserve_load(name, prepared, evict)
             try:
                 if reservation.swap_from is not None:
                     try:
@@ -402,7 +444,8 @@ class ModelRouter:
         client = self.controller.engine_client(name)
         tasks = await client.get_supported_tasks()
         args = Namespace(**{**vars(self.args), "model": model})
-        args.served_model_name = [name]
+        # A replica's app answers as its model.
+        args.served_model_name = [split(name)[0]]
         app = build_app(args, tasks, client.model_config)
         await init_app_state(client, app.state, args, tasks)
 
@@ -431,13 +474,20 @@ class ModelRouter:
             f"it is {state.value}" if state else "it was unloaded"
         )
         return (
-            f"The model `{name}` stopped serving ({why}); it is loaded again "
-            "on the next request"
+            f"The model `{split(name)[0]}` stopped serving ({why}); it is "
+            "loaded again on the next request"
         )
 
-    async def remove(self, name: str, why: str = "was unloaded") -> None:
-        """Unloads ``name``; its in-flight requests end with an error
-        (an SSE error event where the response has started)."""
+    async def remove(
+        self, name: str, why: str = "was unloaded", with_replicas: bool = True
+    ) -> None:
+        """Unloads ``name`` (and, ``with_replicas``, its other replicas);
+        its in-flight requests end with an error (an SSE error event where
+        the response has started)."""
+        if with_replicas and not is_replica(name):
+            for index in self.scaler.indices(name)[1:]:
+                with contextlib.suppress(ModelNotFoundError):
+                    await self.remove(f"{name}#{index}", why)
         if self._served.pop(name, None) is not None:
             self.end_requests(name, f"The model `{name}` {why}")
         async with self.placement.devices_exclusive(self._devices(name)):
@@ -459,12 +509,22 @@ class ModelRouter:
             self.end_requests(name, f"The request to `{name}` ended: {why}")
 
     async def _evict(self, name: str, unload: bool) -> None:
-        """Parks an idle model if that is enough and allowed, else unloads."""
+        """Parks an idle model if that is enough and allowed, else unloads
+        (a replica: unloads; a model's other replicas go first)."""
         self.metrics.evictions.inc()
-        if not unload and self.controller.can_park(name):
+        await self._drop_replicas(name)
+        if not unload and self.controller.can_park(name) and not is_replica(name):
             await self.park(name)
         else:
             await self.remove(name, "was unloaded to make room")
+
+    async def _drop_replicas(self, name: str) -> None:
+        """A model that leaves takes its extra replicas along."""
+        if is_replica(name):
+            return
+        for index in self.scaler.indices(name)[1:]:
+            with contextlib.suppress(ModelNotFoundError):
+                await self.remove(f"{name}#{index}", "was unloaded with its model")
 
     def _devices(self, name: str) -> list[int | None]:
         try:
@@ -475,7 +535,8 @@ class ModelRouter:
     async def _expire(self, name: str, unload: bool) -> None:
         """Keep-alive's eviction: parks keeping the device memory (freed
         only if placement needs it), else unloads."""
-        if not unload and self.controller.can_park(name):
+        await self._drop_replicas(name)
+        if not unload and self.controller.can_park(name) and not is_replica(name):
             await self.park(name, keep_memory=True)
         else:
             await self.remove(name, "was unloaded after its keep-alive")
@@ -528,6 +589,8 @@ class ModelRouter:
         while True:
             await asyncio.sleep(period_s)
             for name, served in list(self._served.items()):
+                if is_replica(name):
+                    continue  # the scaler's (replicas.py)
                 keep_alive = served.keep_alive_s
                 if keep_alive is None:
                     keep_alive = self.keep_alive_s
@@ -769,8 +832,14 @@ class ModelRouter:
             await send_error(send, 400, taken, "BadRequestError", "lora_name")
             return
         with self.placement.pin(base):
+            # A ready replica with the fewest requests in flight; adapters
+            # are served by replica 0 (``adapters.py`` attaches to it).
+            target = base if adapter is not None else self.scaler.pick(base)
             try:
-                served, wait = await self._ensure_ready(base)
+                if target != base:
+                    served, wait = self._served[target], None
+                else:
+                    served, wait = await self._ensure_ready(base)
                 if adapter is not None:
                     await self._attach(name, adapter, served)
             except ModelNotFoundError:
@@ -816,16 +885,24 @@ class ModelRouter:
                 return
             if wait is not None:
                 send = with_headers(send, wait.headers())
-            await served.app(
-                scope,
-                _replay(body, receive),
-                _engine_stopped_as_503(send, lambda: self._stopped(base)),
-            )
+            with (
+                self.placement.pin(target),
+                self.replicas.use(target),
+                self.metrics.in_flight(*split(target)),
+            ):
+                await served.app(
+                    scope,
+                    _replay(body, receive),
+                    _engine_stopped_as_503(send, lambda: self._stopped(target)),
+                )
             if scope["path"] in RUNTIME_LORA_PATHS:
                 self.adapters.learn_runtime(base, served.app)
 
     def _known(self, name: str) -> bool:
-        """Whether a request may name ``name`` as a model (not an adapter)."""
+        """Whether a request may name ``name`` as a model (not an adapter;
+        not a replica's record)."""
+        if is_replica(name):
+            return False
         return (
             self.controller.state(name) is not None
             or name in self._loading
@@ -982,15 +1059,22 @@ class ModelRouter:
         """vLLM's model cards (``max_model_len`` once the model is loaded),
         plus each model's ``state``: loaded or not, every model that a
         request may name."""
-        listed = {m["name"]: m for m in self.controller.list_models()}
+        listed = {
+            m["name"]: m
+            for m in self.controller.list_models()
+            if not is_replica(m["name"])
+        }
         states = {name: m["state"] for name, m in listed.items()}
         cards = {
             name: {"root": served.model, "state": states.get(name, "unknown")}
             for name, served in self._served.items()
+            if not is_replica(name)
         }
         for name, state in states.items():
             cards.setdefault(name, {"root": None, "state": state})
         for name in self._loading:
+            if is_replica(name):
+                continue
             cards.setdefault(name, {"root": None, "state": "loading"})
         for name, entry in self.catalog.items():
             cards.setdefault(name, {"root": entry.model, "state": "available"})

@@ -58,6 +58,7 @@ from vllm.worker_controller.demo_model import demo_engine_args, ensure_demo_mode
 from vllm.worker_controller.errors import WorkerControllerError
 from vllm.worker_controller.management import build_management_app
 from vllm.worker_controller.metrics import log_stats_periodically
+from vllm.worker_controller.replicas import Bounds
 from vllm.worker_controller.router import CatalogEntry, ModelRouter
 
 # Not __name__: under `python -m` that is "__main__", which is outside
@@ -191,7 +192,8 @@ def make_parser() -> FlexibleArgumentParser:
         type=Path,
         default=None,
         help="YAML: models: {NAME: {model: PATH, engine_args: {...}, "
-        "keep_alive: 10m, trust_remote_code: false, preload: false}}; loaded "
+        "keep_alive: 10m, trust_remote_code: false, preload: false, "
+        "replicas: {min: 1, max: 1}}}; loaded "
         "on first request (preload: its weights go to the weight cache at "
         "start); a LoRA adapter: {NAME: {adapter: {base: MODEL, path: DIR}}}, "
         "served by its base's engine",
@@ -207,6 +209,24 @@ def make_parser() -> FlexibleArgumentParser:
         default="5m",
         help="unload a model idle this long (e.g. 30s, 5m, 1h; 0: as soon as "
         "idle; -1: never)",
+    )
+    group.add_argument(
+        "--replica-scale-up-queue",
+        type=_positive_float,
+        default=8.0,
+        help="add a replica of a model (up to its catalog `replicas.max`) "
+        "when its requests in flight per replica stay above this",
+    )
+    group.add_argument(
+        "--replica-scale-up-after",
+        default="10s",
+        help="... for this long, and a worker is idle (no model is evicted "
+        "for a replica)",
+    )
+    group.add_argument(
+        "--replica-idle",
+        default="1m",
+        help="remove a replica beyond its model's `replicas.min` idle this long",
     )
     group.add_argument(
         "--admin-token",
@@ -328,13 +348,31 @@ def _catalog_entry(spec: Any) -> CatalogEntry:
     if trust_remote_code:
         engine_args["trust_remote_code"] = True
     keep_alive = spec.get("keep_alive")
+    replicas = _replica_bounds(spec.get("replicas"))
     return CatalogEntry(
         model=str(spec["model"]),
         engine_args=engine_args,
         keep_alive_s=None if keep_alive is None else parse_duration(keep_alive),
         allow_engine_args=allowed,
         preload=bool(spec.get("preload")),
+        replicas=replicas,
     )
+
+
+def _replica_bounds(spec: Any) -> Bounds:
+    """``replicas: {min: M, max: N}`` (or one number, both), 1 <= M <= N."""
+    if spec is None:
+        return Bounds()
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = {"min": spec, "max": spec}
+    if not isinstance(spec, dict) or not set(spec) <= {"min", "max"}:
+        raise ValueError("`replicas` takes {min: M, max: N}")
+    low, high = spec.get("min", 1), spec.get("max", spec.get("min", 1))
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)):
+        raise ValueError("`replicas` min and max must be integers")
+    if not 1 <= low <= high:
+        raise ValueError(f"`replicas` needs 1 <= min <= max (min {low}, max {high})")
+    return Bounds(low, high)
 
 
 def engine_args_from(args: Namespace, defaults: Namespace) -> dict:
@@ -446,6 +484,9 @@ async def serve(
         keep_alive_s=parse_duration(args.keep_alive),
         api_keys=api_keys(args),
         max_body_bytes=int(args.max_request_body_mb * 2**20),
+        replica_scale_up_queue=args.replica_scale_up_queue,
+        replica_scale_up_after_s=parse_duration(args.replica_scale_up_after),
+        replica_idle_s=parse_duration(args.replica_idle),
     )
     router.set_management(build_management_app(router, admin_token(args)))
     try:
@@ -471,6 +512,7 @@ async def serve(
             flush=True,
         )
         expiry = asyncio.create_task(router.expire_idle())
+        scaling = asyncio.create_task(router.scaler.run())
         stats = asyncio.create_task(log_stats_periodically(controller))
         # SIGTERM: stop accepting, let in-flight requests finish for at most
         # this long, then unload everything (the finally below).
@@ -483,6 +525,7 @@ async def serve(
         )
         await _Server(config, router).serve()
         expiry.cancel()
+        scaling.cancel()
         stats.cancel()
     finally:
         await asyncio.to_thread(controller.shutdown)
@@ -502,6 +545,13 @@ def parse_cli(
         catalog = load_catalog(args.model_catalog) if args.model_catalog else None
     except (OSError, ValueError, yaml.YAMLError) as e:
         parser.error(f"--model-catalog {args.model_catalog}: {e}")
+    for name, entry in (catalog or {}).items():
+        if isinstance(entry, CatalogEntry) and entry.replicas.max > args.num_workers:
+            parser.error(
+                f"--model-catalog {args.model_catalog}: catalog model {name!r}: "
+                f"replicas.max {entry.replicas.max} > --num-workers "
+                f"{args.num_workers}"
+            )
     return args, engine_args_from(args, defaults), catalog
 
 

@@ -1,0 +1,259 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Replicas on one real server (2 workers, catalog ``replicas: {min: 2,
+max: 2}``), in this order: requests spread over both replicas with HF's
+tokens; bad scale requests change nothing; scale to 1 and back to 2 (the
+new replica copies its weights from the other); a replica's worker
+SIGKILLed under load: its requests end with 503s or error events, the other
+replica keeps answering 200, and a replacement loads from it."""
+
+import asyncio
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from tests.worker_controller.http_load import PROMPT, completion, summary
+from tests.worker_controller.models import hf_greedy
+from tests.worker_controller.test_serve import start_server
+
+ADMIN = "admin-replicas"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models, tmp_path_factory):
+    catalog = tmp_path_factory.mktemp("replicas") / "models.yaml"
+    catalog.write_text(
+        f"models:\n  qwen3:\n    model: {tiny_models['qwen3']}\n"
+        "    replicas: {min: 2, max: 2}\n"
+        f"  auto:\n    model: {tiny_models['qwen3']}\n"
+        "    replicas: {min: 1, max: 2}\n"
+    )
+    proc, url = start_server(
+        "--num-workers=2",
+        f"--model-catalog={catalog}",
+        f"--admin-token={ADMIN}",
+        # The autoscaler, quick enough for a test.
+        "--replica-scale-up-queue=1",
+        "--replica-scale-up-after=1s",
+        "--replica-idle=5s",
+    )
+    yield proc, url
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(30)
+
+
+def listing(url: str, usage: bool = False) -> dict[str, dict]:
+    r = httpx.get(
+        f"{url}/v1/controller/models",
+        params={"usage": "true"} if usage else {},
+        headers=ADMIN_HEADERS,
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    return {m["name"]: m for m in r.json()}
+
+
+def replicas(url: str, usage: bool = False, name: str = "qwen3") -> dict[int, dict]:
+    model = listing(url, usage).get(name)
+    return {} if model is None else {r["index"]: r for r in model["replicas"]}
+
+
+def wait_replicas(url: str, count: int, timeout: float = 240) -> dict[int, dict]:
+    """Waits until qwen3 has ``count`` replicas, all ready."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = replicas(url)
+        if len(found) == count and all(r["state"] == "ready" for r in found.values()):
+            return found
+        assert time.monotonic() < deadline, found
+        time.sleep(0.5)
+
+
+def test_requests_spread_over_replicas(server, tiny_models):
+    _, url = server
+    first = httpx.post(
+        f"{url}/v1/completions",
+        json={"model": "qwen3", "prompt": PROMPT, "max_tokens": 4},
+        timeout=300,
+    )
+    assert first.status_code == 200, first.text
+    found = wait_replicas(url, 2)
+    assert found[1]["weights_load"]["source"] == "peer", found[1]
+    assert set(found[0]["workers"]).isdisjoint(found[1]["workers"])
+    before = {i: r["requests"] for i, r in replicas(url, usage=True).items()}
+
+    async def burst() -> list:
+        async with httpx.AsyncClient(base_url=url, timeout=None) as client:
+            return await asyncio.gather(
+                *(completion(client, "qwen3", i % 2 == 0, 16) for i in range(8))
+            )
+
+    outcomes = asyncio.run(burst())
+    expected = hf_greedy(tiny_models["qwen3"], PROMPT, 16)
+    for o in outcomes:
+        assert o.status == 200 and o.error_type is None, o
+        assert o.token_ids == expected
+    after = replicas(url, usage=True)
+    assert all(r["in_flight"] == 0 for r in after.values()), after
+    served = {i: after[i]["requests"] - before[i] for i in after}
+    assert sum(served.values()) == 8 and min(served.values()) >= 2, served
+    # One model for clients; per-replica counts on /metrics.
+    ids = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
+    assert ids == ["qwen3", "auto"], ids
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'vllm_wc_requests_total{model="qwen3",replica="1"}' in metrics
+    r = httpx.post(
+        f"{url}/v1/completions",
+        json={"model": "qwen3#1", "prompt": PROMPT, "max_tokens": 2},
+    )
+    assert r.status_code == 404, r.text
+
+
+@pytest.mark.parametrize(
+    "name, body, status",
+    [
+        ("qwen3", {"replicas": 0}, 400),
+        ("qwen3", {"replicas": -1}, 400),
+        ("qwen3", {"replicas": 3}, 400),  # more than the pool's workers
+        ("qwen3", {"replicas": "two"}, 400),
+        ("qwen3", {"count": 2}, 400),
+        ("nope", {"replicas": 1}, 404),
+        ("qwen3#1", {"replicas": 1}, 404),
+    ],
+)
+def test_bad_scale_changes_nothing(server, name, body, status):
+    _, url = server
+    before = replicas(url)
+    r = httpx.post(
+        f"{url}/v1/controller/models/{name.replace('#', '%23')}/scale",
+        json=body,
+        headers=ADMIN_HEADERS,
+        timeout=60,
+    )
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == status
+    assert replicas(url) == before
+
+
+def scale(url: str, count: int) -> dict:
+    r = httpx.post(
+        f"{url}/v1/controller/models/qwen3/scale",
+        json={"replicas": count},
+        headers=ADMIN_HEADERS,
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_scale_down_and_up(server, tiny_models):
+    _, url = server
+    wait_replicas(url, 2)
+    down = scale(url, 1)
+    assert [r["index"] for r in down["replicas"]] == [0], down
+    assert down["loaded"] == []
+    time.sleep(3)  # the autoscaler keeps it at the new bounds
+    assert list(replicas(url)) == [0]
+    up = scale(url, 2)
+    (loaded,) = up["loaded"]
+    assert loaded["weights_load"]["source"] == "peer", loaded
+    assert len(up["replicas"]) == 2
+    r = httpx.post(
+        f"{url}/v1/completions",
+        json={
+            "model": "qwen3",
+            "prompt": PROMPT,
+            "max_tokens": 8,
+            "temperature": 0,
+            "ignore_eos": True,
+            "return_token_ids": True,
+        },
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    tokens = r.json()["choices"][0]["token_ids"]
+    assert tokens == hf_greedy(tiny_models["qwen3"], PROMPT, 8)
+
+
+def test_killed_replica(server, tiny_models):
+    _, url = server
+    found = wait_replicas(url, 2)
+    (victim,) = found[1]["workers"]
+
+    async def kill_under_load() -> tuple[list, list]:
+        async with httpx.AsyncClient(base_url=url, timeout=None) as client:
+            first = asyncio.Event()
+            doomed = [
+                asyncio.create_task(
+                    completion(client, "qwen3", i % 2 == 0, 200, on_first_chunk=first)
+                )
+                for i in range(6)
+            ]
+            await asyncio.wait_for(first.wait(), 60)
+            os.kill(victim, signal.SIGKILL)
+            outcomes = await asyncio.wait_for(asyncio.gather(*doomed), 120)
+            # Once the replica is known dead, the other one answers.
+            deadline = time.monotonic() + 30
+            while replicas(url).get(1, {}).get("state") == "ready":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.2)
+            after = [await completion(client, "qwen3", i % 2 == 0, 8) for i in range(4)]
+            return outcomes, after
+
+    outcomes, after = asyncio.run(kill_under_load())
+    for o in outcomes:
+        assert o.allowed() is None, (o.allowed(), o)
+    assert any(o.status == 200 and o.error_type is None for o in outcomes), summary(
+        outcomes
+    )
+    expected = hf_greedy(tiny_models["qwen3"], PROMPT, 8)
+    for o in after:
+        assert o.status == 200 and o.error_type is None, o
+        assert o.token_ids == expected
+    # A replacement comes up, from the surviving replica's weights.
+    deadline = time.monotonic() + 240
+    while True:
+        found = replicas(url)
+        if (
+            len(found) == 2
+            and all(r["state"] == "ready" for r in found.values())
+            and victim not in found[1]["workers"]
+        ):
+            break
+        assert time.monotonic() < deadline, found
+        time.sleep(0.5)
+    assert found[1]["weights_load"]["source"] == "peer", found[1]
+
+
+def test_autoscale_up_and_down(server):
+    """With qwen3 unloaded (its replicas go with it), ``auto`` (1..2)
+    gets a second replica while its queue stays long, from a peer, and
+    loses it once idle."""
+    _, url = server
+    r = httpx.delete(f"{url}/v1/controller/models/qwen3", headers=ADMIN_HEADERS)
+    assert r.status_code == 200, r.text
+    assert "qwen3" not in listing(url)
+
+    async def load_until_scaled() -> tuple[list, dict]:
+        async with httpx.AsyncClient(base_url=url, timeout=None) as client:
+            outcomes: list = []
+            deadline = time.monotonic() + 240
+            while True:
+                wave = [completion(client, "auto", False, 200) for _ in range(8)]
+                outcomes += await asyncio.gather(*wave)
+                found = replicas(url, name="auto")
+                if len(found) == 2 and found[1]["state"] == "ready":
+                    return outcomes, found
+                assert time.monotonic() < deadline, found
+
+    outcomes, found = asyncio.run(load_until_scaled())
+    assert all(o.status == 200 for o in outcomes), summary(outcomes)
+    assert found[1]["weights_load"]["source"] == "peer", found[1]
+    deadline = time.monotonic() + 120
+    while len(replicas(url, name="auto")) != 1:  # idle: back to min
+        assert time.monotonic() < deadline, replicas(url, name="auto")
+        time.sleep(0.5)
