@@ -256,6 +256,9 @@ ASSUMPTIONS: dict[str, Callable[[], Any]] = {
             serving.init_app_state, "engine_client", "state", "args", "supported_tasks"
         )
     ),
+    "create_server_socket(addr, reuse_port=) binds before the engine starts": (
+        lambda: params(serving.create_server_socket, "addr", "reuse_port")
+    ),
     "ModelCard / ModelPermission / ErrorResponse(error=ErrorInfo) fields": lambda: (
         {"id", "root", "parent", "max_model_len", "permission"}
         <= set(serving.ModelCard.model_fields)

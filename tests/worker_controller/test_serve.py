@@ -178,6 +178,26 @@ def test_errors(server):
     assert "max_tokens" in json.dumps(bad.json())
 
 
+def test_port_in_use_fails_before_the_pool_starts(tiny_models):
+    """The port is bound first, as under ``vllm serve``: taken, it is a
+    one-line error at once, not a load followed by a failed bind (nor can
+    a pooled process take it while models load)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "vllm.worker_controller.serve"]
+            + [str(tiny_models["qwen3"]), f"--port={port}", *TINY_FLAGS],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert "Worker pid=" not in out.stdout + out.stderr
+
+
 def test_sigterm_leaves_no_process(server):
     proc, _ = server
     children = psutil.Process(proc.pid).children(recursive=True)

@@ -51,6 +51,7 @@ from vllm.worker_controller.adapters import LORA_RANKS, AdapterEntry, check_adap
 from vllm.worker_controller.cache_dir import admin_token_path
 from vllm.worker_controller.compat.serving import (
     FlexibleArgumentParser,
+    create_server_socket,
     forget_captured_signals,
 )
 from vllm.worker_controller.controller import WorkerController
@@ -443,6 +444,14 @@ async def serve(
     catalog: dict[str, CatalogEntry | AdapterEntry] | None,
 ) -> None:
     server_kwargs = uvicorn_kwargs(args)  # a bad log config fails first
+    # Bound before anything starts, as `vllm serve` does: a port in use fails
+    # at once, and no process the pool starts can take the port meanwhile.
+    try:
+        sock = create_server_socket((args.host, args.port), reuse_port=False)
+    except OSError as e:
+        raise SystemExit(
+            f"cannot listen on {args.host}:{args.port}: {e.strerror}"
+        ) from None
     requested = [m for m in (args.model_tag, *args.models) if m]
     demo = not requested and catalog is None
     models = requested or ([str(ensure_demo_model())] if demo else [])
@@ -523,11 +532,12 @@ async def serve(
             timeout_graceful_shutdown=_DRAIN_S,
             **server_kwargs,
         )
-        await _Server(config, router).serve()
+        await _Server(config, router).serve(sockets=[sock])
         expiry.cancel()
         scaling.cancel()
         stats.cancel()
     finally:
+        sock.close()
         await asyncio.to_thread(controller.shutdown)
 
 

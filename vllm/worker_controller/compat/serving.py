@@ -5,7 +5,11 @@ HTTP server's signal handling."""
 import uvicorn
 
 # Each model's OpenAI app, built and given its state as `vllm serve` does.
-from vllm.entrypoints.openai.api_server import build_app, init_app_state
+from vllm.entrypoints.openai.api_server import (
+    build_app,
+    create_server_socket,
+    init_app_state,
+)
 
 # The OpenAI wire types of our own answers (model cards, error bodies).
 from vllm.entrypoints.openai.engine.protocol import (
@@ -30,6 +34,7 @@ __all__ = [
     "ModelCard",
     "ModelPermission",
     "build_app",
+    "create_server_socket",
     "forget_captured_signals",
     "init_app_state",
 ]
