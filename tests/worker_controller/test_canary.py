@@ -19,6 +19,7 @@ import uvicorn
 
 from tests.worker_controller.conftest import TINY_ARGS
 from vllm.worker_controller.compat import (
+    cpu_shm,
     cumem,
     engine,
     executor,
@@ -55,6 +56,12 @@ def _version_counter_shared() -> bool:
     with torch.no_grad():
         param.add_(1)
     return peer.tensor_version(alias) == before + 1 == peer.tensor_version(param)
+
+
+def _with_env(name: str, value: str, fn: Callable[[], Any]) -> Any:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(name, value)
+        return fn()
 
 
 def _in_order(obj: Any, *texts: str) -> bool:
@@ -247,6 +254,17 @@ ASSUMPTIONS: dict[str, Callable[[], Any]] = {
             "self.python_free_callback",
         )
         and callable(cumem.create_and_map)
+    ),
+    # CPU all-reduce shared memory (compat/cpu_shm.py)
+    "CPU SHM group name is VLLM_DIST_IDENT-unique_name-[ranks]-cpushm": lambda: (
+        _with_env(
+            "VLLM_DIST_IDENT",
+            "1234",
+            lambda: cpu_shm.shm_group_name(
+                type("Comm", (), {"unique_name": "tp:0", "ranks": [0, 1]})()
+            ),
+        )
+        == "1234-tp:0-[0-1]-cpushm"
     ),
     # the OpenAI server (compat/serving.py, router.py)
     "build_app(args, supported_tasks, model_config) and init_app_state("

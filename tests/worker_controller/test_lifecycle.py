@@ -114,14 +114,19 @@ def test_dynamic_allocation_reuses_freed_worker(controller, tiny_models, greedy)
 
 def process_footprint(pid: int) -> dict[str, int]:
     """What a released worker must not keep from its last group: threads
-    (gloo's, NCCL's), open fds, and listening or connected TCP sockets
-    (the group's store and pairs)."""
+    (gloo's, NCCL's), open fds, listening or connected TCP sockets (the
+    group's store and pairs) and, on CPU, the all-reduce's shared memory."""
     proc = psutil.Process(pid)
     return {
         "threads": proc.num_threads(),
         "fds": proc.num_fds(),
         "tcp": len(proc.net_connections(kind="tcp")),
+        "cpushm_maps": sum("-cpushm_" in m.path for m in proc.memory_maps(False)),
     }
+
+
+def cpushm_files() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("*-cpushm_*")}
 
 
 def test_tensor_parallel_regrouping(controller, tiny_models, greedy, loop):
@@ -135,6 +140,7 @@ def test_tensor_parallel_regrouping(controller, tiny_models, greedy, loop):
     }
     workers = sorted(worker_pids(controller).values())
     footprints = []
+    files_before = cpushm_files()
     for layout in ("tp2", "tp1+tp1", "tp2"):
         if layout == "tp2":
             loaded = controller.load(
@@ -159,6 +165,8 @@ def test_tensor_parallel_regrouping(controller, tiny_models, greedy, loop):
         reports = [w for u in unloaded for w in u.workers]
         assert [w["recycled"] for w in reports] == [False] * len(workers), reports
         footprints.append({pid: process_footprint(pid) for pid in workers})
+        assert cpushm_files() == files_before
+        assert all(f["cpushm_maps"] == 0 for f in footprints[-1].values())
     # A process's first use in a role (rank 0 drives the engine's response
     # queue) may keep what it creates lazily: 2 fds seen on CPU. By the end
     # of the second layout each has had every role; the third adds nothing.

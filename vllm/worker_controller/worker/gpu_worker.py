@@ -26,6 +26,7 @@ from vllm.config import VllmConfig, set_current_vllm_config
 from vllm.logger import init_logger
 from vllm.platforms import current_platform
 from vllm.worker_controller import plugin
+from vllm.worker_controller.compat.cpu_shm import release_cpu_shm
 from vllm.worker_controller.compat.cumem import install_pool_releasing_allocator
 from vllm.worker_controller.compat.executor import (
     AsyncModelRunnerOutput,
@@ -491,6 +492,8 @@ class PooledWorker(PooledProcessHandler):
         # Idempotent; needed when a load failed after joining its group.
         destroy_model_parallel()
         destroy_distributed_environment()
+        if freed := release_cpu_shm():
+            logger.debug("Released %d CPU all-reduce mappings", freed)
         reset_process_state()
         if debug:
             self._log_driver_memory("after the process-state reset")
