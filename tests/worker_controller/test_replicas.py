@@ -3,8 +3,9 @@
 max: 2}``), in this order: requests spread over both replicas with HF's
 tokens; bad scale requests change nothing; scale to 1 and back to 2 (the
 new replica copies its weights from the other); a replica's worker
-SIGKILLed under load: its requests end with 503s or error events, the other
-replica keeps answering 200, and a replacement loads from it."""
+SIGKILLed under load (replica 1, then replica 0): its requests end with
+503s or error events, the other replica keeps answering 200, and a
+replacement loads from it."""
 
 import asyncio
 import os
@@ -179,10 +180,13 @@ def test_scale_down_and_up(server, tiny_models):
     assert tokens == hf_greedy(tiny_models["qwen3"], PROMPT, 8)
 
 
-def test_killed_replica(server, tiny_models):
+@pytest.mark.parametrize("index", [1, 0], ids=["replica 1", "replica 0"])
+def test_killed_replica(server, tiny_models, index):
+    """Replica 0 is the model's own record (its name, its catalog entry):
+    its death must not take the model down with it either."""
     _, url = server
     found = wait_replicas(url, 2)
-    (victim,) = found[1]["workers"]
+    (victim,) = found[index]["workers"]
 
     async def kill_under_load() -> tuple[list, list]:
         async with httpx.AsyncClient(base_url=url, timeout=None) as client:
@@ -198,7 +202,7 @@ def test_killed_replica(server, tiny_models):
             outcomes = await asyncio.wait_for(asyncio.gather(*doomed), 120)
             # Once the replica is known dead, the other one answers.
             deadline = time.monotonic() + 30
-            while replicas(url).get(1, {}).get("state") == "ready":
+            while replicas(url).get(index, {}).get("workers") == [victim]:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.2)
             after = [await completion(client, "qwen3", i % 2 == 0, 8) for i in range(4)]
@@ -221,12 +225,12 @@ def test_killed_replica(server, tiny_models):
         if (
             len(found) == 2
             and all(r["state"] == "ready" for r in found.values())
-            and victim not in found[1]["workers"]
+            and victim not in found[index]["workers"]
         ):
             break
         assert time.monotonic() < deadline, found
         time.sleep(0.5)
-    assert found[1]["weights_load"]["source"] == "peer", found[1]
+    assert found[index]["weights_load"]["source"] == "peer", found[index]
 
 
 def test_autoscale_up_and_down(server):
