@@ -10,6 +10,7 @@ when to come back (``Retry-After``) where waiting helps.
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -97,3 +98,65 @@ def with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
         await send(message)
 
     return sending
+
+
+class UnlessNotFound:
+    """An ASGI ``send`` that passes an answer on unless it is a 404, which
+    it keeps (another model's app may know what this one does not)."""
+
+    def __init__(self, send: Send):
+        self._send = send
+        self.status: int | None = None
+        self.kept: list[dict] = []
+
+    async def __call__(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        if self.status == 404:
+            self.kept.append(message)
+        else:
+            await self._send(message)
+
+
+def engine_stopped_as_503(send: Send, stopped: Callable[[], str | None]) -> Send:
+    """Upstream's serving layer answers a request whose engine died with a
+    500 (its own ``try``/``except`` turns ``EngineDeadError`` into one).
+    Where the model's engine has in fact stopped, that is no server bug: the
+    answer becomes a 503 with the reason and ``Retry-After``, since the
+    model is loaded again on the next request."""
+    replaced = False
+
+    async def checked(message: dict) -> None:
+        nonlocal replaced
+        if replaced:
+            return  # the rest of upstream's 500
+        if (
+            message["type"] == "http.response.start"
+            and message["status"] == 500
+            and (why := stopped()) is not None
+        ):
+            replaced = True
+            await send_error(send, 503, why, "ServiceUnavailableError", retry_after_s=1)
+            return
+        await send(message)
+
+    return checked
+
+
+async def send_model_not_found(send: Send, name: str) -> None:
+    shown = name if len(name) <= 100 else name[:100] + "..."
+    await send_error(
+        send, 404, f"The model `{shown}` does not exist.", "NotFoundError", "model"
+    )
+
+
+async def send_method_not_allowed(
+    send: Send, method: str, path: str, allow: str
+) -> None:
+    await send_error(
+        send,
+        405,
+        f"Method {method} not allowed for {path}",
+        "MethodNotAllowedError",
+        headers={"allow": allow},
+    )

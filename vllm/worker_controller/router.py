@@ -20,14 +20,11 @@ import json
 import math
 import time
 from argparse import Namespace
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.datastructures import QueryParams
-from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
@@ -80,17 +77,22 @@ from vllm.worker_controller.replicas import (
     is_replica,
     split,
 )
+from vllm.worker_controller.request_body import (
+    InvalidRequest,
+    replay_body,
+    requested_model,
+)
 from vllm.worker_controller.responses import (
+    UnlessNotFound,
+    engine_stopped_as_503,
     error_response,
     send_error,
     send_json,
+    send_method_not_allowed,
+    send_model_not_found,
     with_headers,
 )
-from vllm.worker_controller.routes import (
-    FORM_ROUTES,
-    MODEL_ROUTES,
-    RESPONSE_ID_PATH,
-)
+from vllm.worker_controller.routes import MODEL_ROUTES, RESPONSE_ID_PATH
 
 logger = init_logger(__name__)
 
@@ -719,12 +721,12 @@ class ModelRouter:
                 "RequestEntityTooLargeError",
             )
             return
-        receive = _replay(body, receive)
+        receive = replay_body(body, receive)
         path, method = scope["path"], scope["method"]
         if path in _HEALTH_PATHS:
             if method not in _HEALTH_PATHS[path]:
                 allow = ", ".join(_HEALTH_PATHS[path])
-                await _method_not_allowed(send, method, path, allow)
+                await send_method_not_allowed(send, method, path, allow)
             else:
                 await send({"type": "http.response.start", "status": 200})
                 await send({"type": "http.response.body", "body": b""})
@@ -772,7 +774,7 @@ class ModelRouter:
         path, method = scope["path"], scope["method"]
         if path == "/v1/models" or path.startswith("/v1/models/"):
             if method not in ("GET", "HEAD"):
-                await _method_not_allowed(send, method, path, "GET")
+                await send_method_not_allowed(send, method, path, "GET")
                 return
             cards = self._model_cards()
             if path == "/v1/models":
@@ -782,13 +784,13 @@ class ModelRouter:
             if card := next((c for c in cards if c["id"] == name), None):
                 await send_json(send, 200, card)
             else:
-                await _not_found(send, name)
+                await send_model_not_found(send, name)
             return
         body = (await receive())["body"]
         if by_id := RESPONSE_ID_PATH.match(path):
             allowed = "POST" if by_id["cancel"] else "GET"
             if method != allowed:
-                await _method_not_allowed(send, method, path, allowed)
+                await send_method_not_allowed(send, method, path, allowed)
             else:
                 await self._dispatch_by_response_id(scope, body, receive, send)
             return
@@ -796,14 +798,14 @@ class ModelRouter:
         if methods is None:
             await send_error(send, 404, f"Not found: {method} {path}", "NotFoundError")
         elif method not in methods:
-            await _method_not_allowed(send, method, path, ", ".join(methods))
+            await send_method_not_allowed(send, method, path, ", ".join(methods))
         else:
             await self._dispatch(scope, body, receive, send)
 
     async def _dispatch(
         self, scope: Scope, body: bytes, receive: Receive, send: Send
     ) -> None:
-        name = await _requested_model(scope, body)
+        name = await requested_model(scope, body)
         if name is None:  # as `vllm serve`: the one (base) model there is
             names = [c["id"] for c in self._model_cards() if c["parent"] is None]
             if len(names) != 1:
@@ -817,14 +819,14 @@ class ModelRouter:
                 )
                 return
             name = names[0]
-        if isinstance(name, _Invalid):
+        if isinstance(name, InvalidRequest):
             await send_error(send, 400, name.message, "BadRequestError", "model")
             return
         # An adapter's request is its base's: loaded, pinned and used.
         adapter = self.adapters.get(name)
         base = adapter.base if adapter is not None else name
         if not self._known(base):
-            await _not_found(send, base)
+            await send_model_not_found(send, base)
             return
         if scope["path"] == "/v1/load_lora_adapter" and (
             taken := self._runtime_name_taken(body, base)
@@ -843,7 +845,7 @@ class ModelRouter:
                 if adapter is not None:
                     await self._attach(name, adapter, served)
             except ModelNotFoundError:
-                await _not_found(send, name)
+                await send_model_not_found(send, name)
                 return
             except (AdapterConflictError, AdapterLoadError) as e:
                 conflict = isinstance(e, AdapterConflictError)
@@ -892,8 +894,8 @@ class ModelRouter:
             ):
                 await served.app(
                     scope,
-                    _replay(body, receive),
-                    _engine_stopped_as_503(send, lambda: self._stopped(target)),
+                    replay_body(body, receive),
+                    engine_stopped_as_503(send, lambda: self._stopped(target)),
                 )
             if scope["path"] in RUNTIME_LORA_PATHS:
                 self.adapters.learn_runtime(base, served.app)
@@ -1038,8 +1040,8 @@ class ModelRouter:
         for served in list(self._served.values()):
             if not _serves(served.app, scope):
                 continue
-            attempt = _UnlessNotFound(send)
-            await served.app(scope, _replay(body, receive), attempt)
+            attempt = UnlessNotFound(send)
+            await served.app(scope, replay_body(body, receive), attempt)
             if attempt.status != 404:
                 return
             kept = attempt.kept
@@ -1117,135 +1119,7 @@ class ModelRouter:
         return models
 
 
-@dataclass
-class _Invalid:
-    message: str
-
-
-async def _requested_model(scope: Scope, body: bytes) -> str | _Invalid | None:
-    """The model a request names (None: none), or why it cannot name one:
-    the JSON body's ``model``; a multipart upload's ``model`` field (speech
-    to text); a GET's ``?model=`` (it has no body)."""
-    if scope["method"] == "GET":
-        names = QueryParams(scope.get("query_string", b"")).getlist("model")
-        return names[-1] if names else None
-    if scope["path"] in FORM_ROUTES:
-        return await _form_model(scope, body)
-    return _model_name(body)
-
-
-async def _form_model(scope: Scope, body: bytes) -> str | _Invalid | None:
-    """The ``model`` field of a form body (multipart or urlencoded); the
-    model's app parses the body again, from the same bytes."""
-    request = Request(scope, _replay(body, _no_more_body))
-    try:
-        async with request.form() as form:
-            value = form.get("model")
-    except (MultiPartException, ValueError) as e:
-        return _Invalid(f"Invalid form body: {e}")
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        return _Invalid("'model' must be a form field, not a file")
-    return value
-
-
-async def _no_more_body() -> dict:
-    return {"type": "http.disconnect"}
-
-
-def _model_name(body: bytes) -> str | _Invalid | None:
-    """The request's ``model``, None if the JSON object has none, or why
-    the body cannot name one."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
-        return _Invalid("Request body must be JSON")
-    if not isinstance(payload, dict):
-        return _Invalid("Request body must be a JSON object with a 'model' field")
-    if payload.get("model") is None:
-        return None
-    if not isinstance(payload["model"], str):
-        return _Invalid("'model' must be a string")
-    return payload["model"]
-
-
 def _serves(app: Any, scope: Scope) -> bool:
     """Whether a model's app has a route for this request (its tasks decide
     which it has, as under `vllm serve`)."""
     return any(route.matches(scope)[0] is Match.FULL for route in app.routes)
-
-
-class _UnlessNotFound:
-    """An ASGI ``send`` that passes an answer on unless it is a 404, which
-    it keeps (another model's app may know what this one does not)."""
-
-    def __init__(self, send: Send):
-        self._send = send
-        self.status: int | None = None
-        self.kept: list[dict] = []
-
-    async def __call__(self, message: dict) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-        if self.status == 404:
-            self.kept.append(message)
-        else:
-            await self._send(message)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """Yields the already-read body once, then the client's own messages
-    (so that upstream's disconnect checks still see real disconnects)."""
-    sent = False
-
-    async def replay() -> dict:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
-
-
-def _engine_stopped_as_503(send: Send, stopped: Callable[[], str | None]) -> Send:
-    """Upstream's serving layer answers a request whose engine died with a
-    500 (its own ``try``/``except`` turns ``EngineDeadError`` into one).
-    Where the model's engine has in fact stopped, that is no server bug: the
-    answer becomes a 503 with the reason and ``Retry-After``, since the
-    model is loaded again on the next request."""
-    replaced = False
-
-    async def checked(message: dict) -> None:
-        nonlocal replaced
-        if replaced:
-            return  # the rest of upstream's 500
-        if (
-            message["type"] == "http.response.start"
-            and message["status"] == 500
-            and (why := stopped()) is not None
-        ):
-            replaced = True
-            await send_error(send, 503, why, "ServiceUnavailableError", retry_after_s=1)
-            return
-        await send(message)
-
-    return checked
-
-
-async def _not_found(send: Send, name: str) -> None:
-    shown = name if len(name) <= 100 else name[:100] + "..."
-    await send_error(
-        send, 404, f"The model `{shown}` does not exist.", "NotFoundError", "model"
-    )
-
-
-async def _method_not_allowed(send: Send, method: str, path: str, allow: str) -> None:
-    await send_error(
-        send,
-        405,
-        f"Method {method} not allowed for {path}",
-        "MethodNotAllowedError",
-        headers={"allow": allow},
-    )
