@@ -312,7 +312,7 @@ class ReplicaScaler:
                 return  # not loaded: its next request loads it
             # Replica 0 died: reloaded from a surviving replica.
             origin = router.resolve(name)
-            if origin is not None and self._idle_workers():
+            if origin is not None and self._room_for(replica_name(name, others[0])):
                 logger.info("Replacing replica 0 of %r", name)
                 await router.add(
                     name, origin.model, origin.engine_args, may_evict=False
@@ -325,12 +325,12 @@ class ReplicaScaler:
         ready = [0, *others]
         queue = sum(self.book.in_flight[replica_name(name, i)] for i in ready)
         busy_s = self.book.queue_long_for(name, queue / len(ready), self.scale_up_queue)
-        if len(live) < bounds.min and self._idle_workers():
+        if len(live) < bounds.min and self._room_for(name):
             await self._add(name)
         elif (
             len(live) < bounds.max
             and busy_s >= self.scale_up_after_s
-            and self._idle_workers()
+            and self._room_for(name)
         ):
             logger.info(
                 "%r: %.1f requests per replica for %.0f s: adding a replica",
@@ -352,6 +352,12 @@ class ReplicaScaler:
             if idle:
                 await self._remove(replica_name(name, max(idle)), "was idle")
 
-    def _idle_workers(self) -> bool:
+    def _room_for(self, replica: str) -> bool:
+        """Whether idle processes can take one more engine like ``replica``'s
+        (a worker per rank and an engine host) without evicting anything."""
         pool = self.router.controller.pool
-        return pool.count(ProcessKind.WORKER, ProcessState.IDLE) > 0
+        ranks = len(self.router.controller.devices(replica))
+        return (
+            pool.count(ProcessKind.WORKER, ProcessState.IDLE) >= ranks
+            and pool.count(ProcessKind.ENGINE_HOST, ProcessState.IDLE) > 0
+        )
