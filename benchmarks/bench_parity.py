@@ -119,19 +119,11 @@ class Parity:
         """One ``vllm bench serve`` run; its summary metrics (lists dropped)."""
         name = f"{side}-c{concurrency}-{time.strftime('%H%M%S')}.json"
         path = self.args.log_dir / "bench-results" / name
-        cmd = common.bench_serve_cmd(
-            url,
-            base,
-            self.args.model,
-            path,
-            num_prompts=self.args.num_prompts,
-            input_len=self.args.input_len,
-            output_len=self.args.output_len,
-            range_ratio=RANGE_RATIO,
-            seed=SEED,
-            concurrency=concurrency,
-            warmups=max(8, concurrency),
-        )
+        a = self.args
+        kw = dict(num_prompts=a.num_prompts, input_len=a.input_len)
+        kw |= dict(output_len=a.output_len, range_ratio=RANGE_RATIO, seed=SEED)
+        kw |= dict(concurrency=concurrency, warmups=max(8, concurrency))
+        cmd = common.bench_serve_cmd(url, base, a.model, path, **kw)
         log_path = self.args.log_dir / f"parity-{side}-bench-c{concurrency}.log"
         proc = common.run_to_end(cmd, log_path, 900)
         if proc.popen.returncode != 0 or not path.exists():

@@ -685,20 +685,11 @@ class Reliability:
         short shows as fewer tokens), per-request details."""
         name = f"rel-{tag}-{time.strftime('%H%M%S')}.json"
         result = self.args.log_dir / "bench-results" / name
-        cmd = common.bench_serve_cmd(
-            url,
-            self.paths["rel-a"],
-            "rel-a",
-            result,
-            num_prompts=num_prompts,
-            input_len=self.s.input_len,
-            output_len=out_len,
-            range_ratio="0",
-            seed=self.s.seed,
-            concurrency=self.s.concurrency,
-            warmups=BENCH_WARMUPS,
-            detailed=True,
-        )
+        st = self.s
+        kw = dict(num_prompts=num_prompts, input_len=st.input_len, output_len=out_len)
+        kw |= dict(range_ratio="0", seed=st.seed, concurrency=st.concurrency)
+        kw |= dict(warmups=BENCH_WARMUPS, detailed=True)
+        cmd = common.bench_serve_cmd(url, self.paths["rel-a"], "rel-a", result, **kw)
         proc = common.launch(cmd, self.args.log_dir / f"rel-bench-{tag}.log")
         return BenchRun(proc, result, out_len)
 
