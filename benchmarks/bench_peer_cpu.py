@@ -1,18 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """Weight copy speed of a peer load vs a checkpoint load, on CPU.
 
-A pool of two workers; the demo model (SmolLM2-135M-Instruct) is loaded
-once from its checkpoint and serves as the source; then the same
-checkpoint is loaded N times per way, interleaved: from the checkpoint
-(``disk``: the page cache, in practice), from the source through shared
-memory (``shm``) and through a gloo broadcast (``gloo``). Reported per
-load: the weight copy's bytes, seconds and GB/s as the load reports them
-(``weights_load``: the target's side, checks and checksums included), the
-source's export (``timings_s["peer_export"]``: writing the shared-memory
-file, or the checksums before a broadcast) and the whole weight phase
-(``timings_s["weights"]``, worker set-up included). Every load must give
-the source's greedy tokens.
-
+Two workers; the demo model (SmolLM2-135M-Instruct) loaded once as the
+source, then loaded N times per way, interleaved: from the checkpoint
+(``disk``: the page cache), from the source through shared memory (``shm``)
+and through a gloo broadcast (``gloo``). Per load: ``weights_load`` (the
+target's copy: bytes, seconds, GB/s), the source's ``peer_export`` and the
+whole weight phase; every load must give the source's greedy tokens.
 Writes ``benchmarks/results/cpu-peer-<date>.json``.
 """
 
