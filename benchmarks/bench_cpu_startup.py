@@ -1,17 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """Cold start of stock vLLM vs a load into the warm pool, on CPU.
 
-One run, interleaved (stock, warm, stock, warm, ...), N runs each, the demo
-model, same engine args, same prompt:
-
-- ``stock_llm``: a fresh process imports vLLM and builds ``LLM(...)``
-  (EngineCore and worker processes included), then generates: what every
-  model switch costs today;
-- ``ctrl_load``: ``WorkerController.load`` into an already-warm pool, then
-  the first output through the model's ``AsyncLLM``; the pool's own boot is
-  paid once and reported separately.
-
-Both sides must produce the same greedy tokens. Writes the raw records to
+Interleaved, N runs each, the demo model, same engine args and prompt:
+``stock_llm`` (a fresh process: import vLLM, ``LLM(...)``, generate: what a
+model switch costs today) and ``ctrl_load`` (``WorkerController.load`` into
+a warm pool, first output through its ``AsyncLLM``; the pool's boot is
+reported apart). Both must give the same greedy tokens. Writes
 ``benchmarks/results/cpu-startup-<date>.json`` and a table into
 ``docs/benchmarks.md``.
 """
@@ -77,8 +71,7 @@ def record(scenario: str, model: str, runs: list[dict[str, Any]]) -> dict[str, A
 
 
 def markdown(path: Path, data: dict[str, Any]) -> str:
-    """The ``cpu-startup`` section from the results file ``path`` (``data``:
-    its contents)."""
+    """The ``cpu-startup`` section from the results file ``path``."""
     info, (stock, warm) = data["machine"], data["records"]
     rows = []
     for r in data["records"]:

@@ -2,31 +2,18 @@
 """Serving parity: the same requests to stock ``vllm serve`` and to the
 controller's OpenAI port, on the same GPU, one after the other.
 
-The load is upstream's own benchmark client, ``vllm bench serve`` with its
-seeded random dataset (mixed prompt lengths, 64-256 output tokens with
-``ignore_eos`` so every request generates a fixed amount, greedy), streamed
-so that TTFT and inter-token latency are measured per token; each side gets
-exactly the same prompts and the same measurement code. Concurrency 1 shows
-the per-request path's overhead, 32 the batched throughput.
+The load is upstream's ``vllm bench serve`` (seeded random dataset, fixed
+output with ``ignore_eos``, greedy, streamed): the same prompts and
+measurement for each side; concurrency 1 shows per-request overhead, 32
+batched throughput. Same engine args everywhere; the controller has one
+worker and ``--park-memory-gb 0`` (parking's sleep mode is an engine arg
+stock lacks). Sides (``--sides``): ``stock``; ``controller`` (loaded into the
+pool); ``swapped`` (brought up by ``--swaps`` same-shape swaps, one model
+slot: serving from an engine built for another checkpoint); ``fewgraphs``
+(CUDA-graph sizes cut to ``FEW_CAPTURE_SIZES``: load time vs throughput).
 
-Both servers get the same engine args. The controller runs with one pooled
-worker and parking off (``--park-memory-gb 0``): parking turns on vLLM's
-sleep mode, an engine arg that stock ``vllm serve`` does not have, so it is
-left out to compare like with like. Sides (``--sides``):
-
-- ``stock``: ``vllm serve``;
-- ``controller``: the model loaded into the pool;
-- ``swapped``: the model brought up by same-shape swaps (one model slot;
-  ``--swaps`` swaps back and forth between it and a checkpoint of the same
-  shape with other weights, the device memory in use read after each), so
-  it serves from an engine built for another checkpoint;
-- ``fewgraphs``: the model loaded with the CUDA-graph capture sizes cut to
-  the powers of two (``FEW_CAPTURE_SIZES``): what fewer graphs save at load
-  and what they cost in throughput.
-
-Writes ``parity-<gpu>-<date>.json`` after every benchmark (a second call
-resumes), with ``ratios`` (side / stock, per metric and concurrency);
-``report_gpu.py`` renders it.
+Writes ``parity-<gpu>-<date>.json`` (a second call resumes) with ``ratios``
+(side / stock); ``report_gpu.py`` renders it.
 """
 
 from __future__ import annotations
@@ -40,15 +27,13 @@ from typing import Any
 import gpu_common as common
 from gpu_common import Server, log, stream_completion
 
-# The fewgraphs side's capture sizes; vLLM's default for these engine args
-# is 51 sizes: 1, 2, 4, then every 8 up to 256 and every 16 up to 512.
+# vLLM's default for these engine args: 51 sizes (1, 2, 4, every 8 to 256,
+# every 16 to 512).
 FEW_CAPTURE_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
-# vllm bench serve's --random-range-ratio: lengths uniform in
-# len*(1-r)..len*(1+r); with the default lengths, prompts of 52-972 tokens
-# and outputs of 64-256.
+# Lengths uniform in len*(1-r)..len*(1+r): prompts of 52-972, outputs 64-256.
 RANGE_RATIO = '{"input": 0.9, "output": 0.6}'
 SEED = 0
-# Seconds, until a run of the same kind was seen; only for the deadline.
+# Seconds until one was seen; for the deadline only.
 ESTIMATES_S = {"server": 150, "bench_1": 240, "bench_n": 90}
 # Ratios reported (side / stock): metric key in vLLM's result JSON.
 RATIOS = {"throughput_ratio": "output_throughput"}
@@ -96,33 +81,24 @@ class Parity:
         flags = [str(base), "--num-workers", "1", "--keep-alive", "-1"]
         flags += ["--park-memory-gb", "0"]
         if side == "swapped":
-            flags += [
-                "--max-loaded-models",
-                "1",
-                "--allowed-model-dir",
-                str(base.parent),
-            ]
+            flags += ["--max-loaded-models", "1"]
+            flags += ["--allowed-model-dir", str(base.parent)]
         if side == "fewgraphs":
             sizes = {"cudagraph_capture_sizes": FEW_CAPTURE_SIZES}
             engine_args = engine_args | {"compilation_config": sizes}
         return Server.controller(flags, engine_args)
 
     def swap_back_and_forth(self, server: Server, base: Path) -> dict[str, Any]:
-        """``--swaps`` loads alternating between a checkpoint of ``base``'s
-        shape with other weights and ``base`` itself, each of which must be
-        a swap into the engine the other left; ends with ``base`` swapped
-        in. Per swap: seconds, device memory in use after it, and whether
-        the checkpoint answered the tokens it answered the first time."""
+        """``--swaps`` swaps between ``base`` and a checkpoint of its shape
+        with other weights, ending with ``base``; per swap: seconds, device
+        memory after it, and whether the tokens equal that model's first."""
         model = self.args.model
         other = common.ensure_models(base.parent, [model], seed=1)[model]
         tokens = {model: stream_completion(server.url, model)["token_ids"]}
         swaps = []
         for i in range(self.args.swaps):
             path, name = (other, other.name) if i % 2 == 0 else (base, model)
-            start = time.perf_counter()
-            body = {"model": str(path), "name": name}
-            resp = server.api("POST", "/v1/controller/models", body)
-            load_s = time.perf_counter() - start
+            load_s, resp = server.load(path, name)
             if resp.get("brought_up") != "swap":
                 raise RuntimeError(f"swap {i + 1} to {name}: {resp.get('brought_up')}")
             ids = stream_completion(server.url, name)["token_ids"]
@@ -143,19 +119,11 @@ class Parity:
         """One ``vllm bench serve`` run; its summary metrics (lists dropped)."""
         name = f"{side}-c{concurrency}-{time.strftime('%H%M%S')}.json"
         path = self.args.log_dir / "bench-results" / name
-        cmd = common.bench_serve_cmd(
-            url,
-            base,
-            self.args.model,
-            path,
-            num_prompts=self.args.num_prompts,
-            input_len=self.args.input_len,
-            output_len=self.args.output_len,
-            range_ratio=RANGE_RATIO,
-            seed=SEED,
-            concurrency=concurrency,
-            warmups=max(8, concurrency),
-        )
+        a = self.args
+        kw = dict(num_prompts=a.num_prompts, input_len=a.input_len)
+        kw |= dict(output_len=a.output_len, range_ratio=RANGE_RATIO, seed=SEED)
+        kw |= dict(concurrency=concurrency, warmups=max(8, concurrency))
+        cmd = common.bench_serve_cmd(url, base, a.model, path, **kw)
         log_path = self.args.log_dir / f"parity-{side}-bench-c{concurrency}.log"
         proc = common.run_to_end(cmd, log_path, 900)
         if proc.popen.returncode != 0 or not path.exists():
@@ -167,8 +135,7 @@ class Parity:
         return {k: v for k, v in result.items() if not isinstance(v, list | dict)}
 
     def run_side(self, side: str, base: Path) -> bool:
-        """The side's server, then each concurrency still to do; False if the
-        deadline stopped it."""
+        """The side's server and each concurrency left; False at the deadline."""
         todo = [c for c in self.concurrency if str(c) not in self.data[side]]
         if not todo:
             return True

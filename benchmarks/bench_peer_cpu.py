@@ -1,19 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 """Weight copy speed of a peer load vs a checkpoint load, on CPU.
 
-A pool of two workers; the demo model (SmolLM2-135M-Instruct) is loaded
-once from its checkpoint and serves as the source; then the same
-checkpoint is loaded N times per way, interleaved: from the checkpoint
-(``disk``: the page cache, in practice), from the source through shared
-memory (``shm``) and through a gloo broadcast (``gloo``). Reported per
-load: the weight copy's bytes, seconds and GB/s as the load reports them
-(``weights_load``: the target's side, checks and checksums included), the
-source's export (``timings_s["peer_export"]``: writing the shared-memory
-file, or the checksums before a broadcast) and the whole weight phase
-(``timings_s["weights"]``, worker set-up included). Every load must give
-the source's greedy tokens.
-
-Writes the raw records to ``benchmarks/results/cpu-peer-<date>.json``.
+Two workers; the demo model (SmolLM2-135M-Instruct) loaded once as the
+source, then loaded N times per way, interleaved: from the checkpoint
+(``disk``: the page cache), from the source through shared memory (``shm``)
+and through a gloo broadcast (``gloo``). Per load: ``weights_load`` (the
+target's copy: bytes, seconds, GB/s), the source's ``peer_export`` and the
+whole weight phase; every load must give the source's greedy tokens.
+Writes ``benchmarks/results/cpu-peer-<date>.json``.
 """
 
 import argparse
@@ -23,32 +17,24 @@ import json
 import os
 import platform
 import statistics
-import uuid
 from pathlib import Path
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
+import gpu_common as common  # noqa: E402
+
 import vllm  # noqa: E402
-from vllm import SamplingParams  # noqa: E402
 from vllm.worker_controller import WorkerController  # noqa: E402
 from vllm.worker_controller.demo_model import ensure_demo_model  # noqa: E402
 
-ARGS = dict(
-    dtype="float32",
-    max_model_len=256,
-    enforce_eager=True,
-    max_num_seqs=4,
-    max_num_batched_tokens=256,
-)
+ARGS = dict(dtype="float32", max_model_len=256, enforce_eager=True)
+ARGS |= dict(max_num_seqs=4, max_num_batched_tokens=256)
 WAYS = {"disk": "off", "shm": "shm", "gloo": "gloo"}
 
 
-async def greedy(client, prompt: str = "The capital of France is") -> list[int]:
-    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    async for out in client.generate(prompt, params, uuid.uuid4().hex):
-        final = out
-    return list(final.outputs[0].token_ids)
+async def greedy(client) -> list[int]:
+    return (await common.generate_ids(client, "The capital of France is", 8))[0]
 
 
 def main() -> None:
@@ -92,23 +78,11 @@ def main() -> None:
             f"{statistics.median(r['gb_per_s'] for r in rows):6.2f} "
             f"{statistics.median(r['weights_phase_s'] for r in rows):16.2f}"
         )
-    args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"cpu-peer-{datetime.date.today()}.json"
-    path.write_text(
-        json.dumps(
-            {
-                "machine": {
-                    "cpu": platform.processor() or platform.machine(),
-                    "cores": os.cpu_count(),
-                    "vllm": vllm.__version__,
-                },
-                "model": "SmolLM2-135M-Instruct",
-                "engine_args": ARGS,
-                "records": records,
-            },
-            indent=1,
-        )
-    )
+    machine = {"cpu": platform.processor() or platform.machine()}
+    machine |= {"cores": os.cpu_count(), "vllm": vllm.__version__}
+    data = {"machine": machine, "model": "SmolLM2-135M-Instruct"}
+    common.write_json(path, data | {"engine_args": ARGS, "records": records})
     print(f"wrote {path}")
 
 

@@ -1,30 +1,23 @@
 # SPDX-License-Identifier: Apache-2.0
 """Time to the first completion: stock vLLM vs the controller, side by side.
 
-One run per model shape, interleaved: every repetition goes round the
-scenarios once, so slow drifts of the machine hit every scenario alike;
-sleep_wake (one process, N cycles) runs after them. The scenarios are the
-table ``SCENARIOS`` at the end (a ``Bench`` method each; its ``timed`` says
-what a run times). How they stay fair:
+Per model shape, each repetition goes once round the scenarios (``SCENARIOS``
+at the end), so that slow drifts hit all alike; sleep_wake (one process)
+follows. Fairness:
 
 - a "new" model (``ctrl_new``, ``ctrl_swap``) is a never-used hard-linked
-  copy of a folder: new name and path, so nothing keyed by either helps,
-  while its files are in the page cache as the stock side's are;
-- ``ctrl_new_arch``'s copy has a unique ``rms_norm_eps``, so no compiled
-  artifact on the machine fits it: what a never-seen architecture pays;
-- ``ctrl_swap`` loads a checkpoint of the idle base model's shape with other
-  weights into a server that may hold one model: the run counts only if the
-  reply says ``brought_up: swap``, and its greedy token ids are compared with
-  a normal load's of the same checkpoint; ``ctrl_swap_cached`` swaps it in
-  again, its weights from the host-RAM weight cache;
-- the controller server is started once per shape, before timing, with a
-  warm pool (``--num-workers 3``: a parked model keeps its processes); its
-  first load of the base model also fills that architecture's compile cache,
-  which ``ctrl_reload`` and ``ctrl_new`` find (the pool keys it by the HF
-  config, not the path).
+  copy: new name and path, its files in the page cache as stock's are;
+- ``ctrl_new_arch``'s copy has a unique ``rms_norm_eps``: no compiled
+  artifact fits it;
+- ``ctrl_swap`` counts only if the reply says ``brought_up: swap``, its tokens
+  compared with a normal load's; ``ctrl_swap_cached`` swaps it in again from
+  the host-RAM weight cache;
+- the controller starts before timing (``--num-workers 3``); its first load
+  of the base model fills the compile cache that ``ctrl_reload`` and
+  ``ctrl_new`` find (keyed by the HF config, not the path).
 
-Results go to ``startup-<gpu>-<date>.json`` after every run; a second call
-resumes where the first stopped. Render them with ``report_gpu.py``.
+Results: ``startup-<gpu>-<date>.json`` (a second call resumes);
+``report_gpu.py`` renders them.
 """
 
 from __future__ import annotations
@@ -42,14 +35,11 @@ from typing import Any
 import gpu_common as common
 from gpu_common import HttpError, Server, log, stream_completion
 
-# A scenario that failed this often is not tried again (it would fail again
-# and eat the stage's time).
-MAX_FAILURES = 2
-# Seconds of the controller's boot and first load (small, large shape),
-# until one was seen: for the deadline only.
+MAX_FAILURES = 2  # then a scenario is not tried again
+# The controller's boot and first load (small, large shape) until one was
+# seen: for the deadline only.
 CTRL_BOOT_ESTIMATE_S = (150, 240)
-# The controller's host-RAM weight cache: room for the base model,
-# ctrl_swap's checkpoint and one ctrl_new copy of the 8B shape.
+# Room for the base model, ctrl_swap's checkpoint and a ctrl_new copy (8B).
 WEIGHT_CACHE_GB = 48.0
 
 
@@ -59,8 +49,7 @@ def large(model: str) -> int:
 
 
 def load_phases(post_s: float, resp: dict[str, Any]) -> dict[str, float]:
-    """A load reply's per-phase timings, plus what the client saw beyond
-    them (router: vLLM's OpenAI app for the model, HTTP)."""
+    """A load reply's phases, plus what the client saw beyond them."""
     phases = dict(resp.get("timings_s", {}))
     if "total" in phases:
         phases["load_total"] = phases.pop("total")
@@ -69,33 +58,14 @@ def load_phases(post_s: float, resp: dict[str, Any]) -> dict[str, float]:
 
 
 class Ctrl(Server):
-    """Our server, with the management API calls the scenarios make."""
-
-    def models(self) -> dict[str, str]:
-        return {m["name"]: m["state"] for m in self.api("GET", "/v1/controller/models")}
-
-    def post(self, path: str, body: Any = None) -> tuple[float, dict[str, Any]]:
-        """A management POST: its seconds and its reply."""
-        start = time.perf_counter()
-        resp = self.api("POST", "/v1/controller/models" + path, body)
-        return time.perf_counter() - start, resp or {}
-
-    def load(self, path: Path, name: str) -> tuple[float, dict[str, Any]]:
-        return self.post("", {"model": str(path), "name": name})
-
-    def unload(self, name: str) -> float:
-        start = time.perf_counter()
-        self.api("DELETE", f"/v1/controller/models/{name}")
-        return time.perf_counter() - start
+    """Our server, with the scenarios' management calls."""
 
     def unload_all(self) -> dict[str, float]:
-        """Unloads every model (parked ones too), so that the next start, stock
-        or controller, finds the device as an idle pool leaves it."""
+        """Unloads every model (parked ones too): an idle pool's device."""
         return {name: self.unload(name) for name in self.models()}
 
     def serve_idle(self, base: Path, model: str) -> None:
-        """``base`` loaded (if it is not), served once and idle: the engine a
-        swap takes over, or the model to park."""
+        """``base`` loaded, served once and idle (to swap over or park)."""
         if self.models().get(model) != "ready":
             self.unload_all()
             self.load(base, model)
@@ -112,8 +82,7 @@ class Ctrl(Server):
 
 
 class Bench:
-    """Runs the scenarios of one call (all models), resuming from and
-    writing to the results file."""
+    """One call's scenarios (all models), resuming the results file."""
 
     def __init__(self, args: Any):
         self.args = args
@@ -150,8 +119,7 @@ class Bench:
     def add(
         self, scenario: str, model: str, run: dict | None = None, error="", wall_s=0.0
     ) -> None:
-        """Adds a run (or, without one, a failure), updates the record's
-        summary and writes the file."""
+        """Adds a run (or a failure), updates the summary, saves."""
         r = self.record(scenario, model)
         if run is not None:
             r["runs"].append(run)
@@ -272,8 +240,7 @@ class Bench:
         return run | {"unloaded_before": unloaded}
 
     def ctrl_swap_cached(self, model: str, base: Path) -> dict[str, Any]:
-        """ctrl_swap's new checkpoint, swapped in again: the weight cache took
-        it in after ctrl_swap read it from disk."""
+        """ctrl_swap's checkpoint again, from the weight cache."""
         ctrl = self.require_ctrl()
         copy = self.state.get("swap_copy", {}).get(model)
         if copy is None:
@@ -345,8 +312,8 @@ class Bench:
     def timed_load(
         self, ctrl: Ctrl, path: Path, name: str, unload_after: bool = True
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        """The timed POST of ``path`` as ``name``, then its first completion
-        (and its untimed unload); the run record, the reply, the completion."""
+        """Timed POST of ``path`` as ``name`` and first completion (unload
+        untimed): the run record, the reply, the completion."""
         post_s, resp = ctrl.load(path, name)
         c = stream_completion(ctrl.url, name)
         phases = load_phases(post_s, resp) | {"first_token": c["first_token_s"]}
@@ -377,14 +344,12 @@ class Bench:
         return self.ctrl
 
     def start_ctrl(self, model: str, base: Path) -> None:
-        """Boots the controller with ``base`` (untimed), serves one
-        completion from it and unloads it: from here on, ``base`` is a
-        recently unloaded model whose compile cache is warm."""
+        """Boots the controller with ``base`` (untimed), serves and unloads it:
+        ``base`` is now a recently unloaded model, its compile cache warm."""
         args = self.args
         flags = [str(base), "--num-workers", str(args.num_workers)]
         flags += ["--allowed-model-dir", str(base.parent), "--keep-alive", "-1"]
-        # Every scenario unloads before it loads, except ctrl_swap, whose
-        # load must find no room: then the idle model's engine is swapped.
+        # One slot: ctrl_swap's load finds no room and swaps the idle engine.
         flags += ["--max-loaded-models", "1"]
         if self.results.on_gpu and args.park_memory_gb is not None:
             flags += ["--park-memory-gb", str(args.park_memory_gb)]
@@ -415,10 +380,8 @@ class Bench:
         self.results.save()
 
     def quiesce_ctrl(self) -> None:
-        """Before a stock start: the controller holds no model and no pooled
-        process is starting (a parked model's processes are replaced after its
-        unload; one starting or exiting during a stock engine's memory
-        profiling would change the device's free memory under it)."""
+        """Before a stock start: no model loaded, no pooled process booting
+        (it would change free memory under stock's memory profiling)."""
         if self.ctrl is None or not self.ctrl.alive():
             return
         try:
@@ -435,8 +398,7 @@ class Bench:
     # ----------------------------------------------------------------- run
 
     def run_one(self, scenario: str, model: str, base: Path) -> bool:
-        """Runs one repetition of ``scenario`` (a batched one: all its runs
-        left); False if the deadline stops it."""
+        """One repetition of ``scenario`` (batched: all); False at the deadline."""
         sc = SCENARIOS[scenario]
         walls = [x.get("wall_s", 0) for x in self.record(scenario, model)["runs"]]
         estimate = max(walls) * 1.15 if walls else sc.estimate_s[large(model)]
@@ -471,7 +433,7 @@ class Bench:
         return True
 
     def run_model(self, model: str, base: Path, scenarios: list[str]) -> bool:
-        """All pending runs of one model shape; False if the deadline hit."""
+        """All pending runs of one shape; False at the deadline."""
         for scenario in scenarios:  # the records in the scenarios' order
             r = self.record(scenario, model)
             if SCENARIOS[scenario].gpu_only and not self.results.on_gpu:
@@ -537,8 +499,7 @@ class Bench:
 
 
 def check_swap(name: str, resp: dict[str, Any], source: str | None = None) -> None:
-    """A swap run counts only if the load reply says it was one (and its
-    weights came from ``source``)."""
+    """A swap run counts only if the reply says so (weights from ``source``)."""
     got = (resp.get("weights_load") or {}).get("source")
     if resp.get("brought_up") != "swap" or (source and got != source):
         raise RuntimeError(
@@ -549,8 +510,7 @@ def check_swap(name: str, resp: dict[str, Any], source: str | None = None) -> No
 
 @dataclass(frozen=True)
 class Scenario:
-    """A row of ``SCENARIOS``: the ``Bench`` method that runs it, its kind
-    (``KINDS``) and what a run times, as the report prints it."""
+    """A row of ``SCENARIOS``: its ``Bench`` method, kind, what a run times."""
 
     run: Callable[[Bench, str, Path], dict[str, Any] | list[dict[str, Any]]]
     kind: str
@@ -572,13 +532,10 @@ class Scenario:
 
     @property
     def estimate_s(self) -> tuple[float, float]:
-        """One run's seconds (small shape, large shape) until one was seen:
-        for the deadline only."""
         return KINDS[self.kind][0]
 
     @property
     def phases(self) -> tuple[str, ...]:
-        """The median phases the report's table shows, where a run has them."""
         return KINDS[self.kind][1]
 
 

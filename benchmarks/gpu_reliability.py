@@ -1,42 +1,23 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Reliability of ``python -m vllm.worker_controller.serve`` under model churn,
-process kills and a cold start of several models at once, on a real GPU.
+"""Reliability of ``python -m vllm.worker_controller.serve`` on a GPU under
+model churn, process kills and a cold start of three models at once.
 
-Three scenarios, each one server (or two) within one device command:
+- ``churn``: copies of one shape (``rel-a``/``-b``/``-c``) under
+  ``--allowed-model-dir``; ``vllm bench serve`` streams to ``rel-a`` while
+  side clients ask for ``rel-b``/``rel-c`` and the management API loads,
+  parks, unparks and unloads them. Runs ``max1`` (``--max-loaded-models 1``,
+  three workers) and ``fewworkers`` (two workers): bench, churn alone, bench.
+- ``kill``: SIGKILL of ``rel-a``'s worker, then of its engine host, under the
+  bench: when in-flight requests got answers, when ``rel-a`` serves again,
+  ``rel-b``'s errors meanwhile, when the pool is full again.
+- ``cold3``: 200 concurrent requests over three models none of which is loaded.
 
-- ``churn``: copies of one model shape under ``--allowed-model-dir``
-  (``rel-a``, ``rel-b``, ``rel-c``: different names and paths, the same
-  weights). Upstream's ``vllm bench serve`` streams to ``rel-a`` while side
-  clients keep asking for ``rel-b`` / ``rel-c`` (forcing loads, LRU
-  evictions, parks, unparks) and the management API loads, parks, unparks and
-  unloads them. Two server configurations: ``max1`` (``--max-loaded-models
-  1``, three workers) and ``fewworkers`` (two workers for three models).
-  Each: a bench under churn, a tail of churn alone, a second bench (``rel-a``
-  may have been parked or unloaded meanwhile).
-- ``kill``: while the bench streams to ``rel-a``, SIGKILL its pooled worker
-  (then, in a second phase, its engine host). Measures when the in-flight
-  requests got answers, whether and when the next request to ``rel-a``
-  succeeds (an automatic reload), the errors of ``rel-b`` (served meanwhile
-  by a small client loop) and how long until the pool is full again.
-- ``cold3``: 200 concurrent requests over three models none of which is
-  loaded (``--num-workers 3``, ``--gpu-memory-utilization 0.25``, one GPU).
-
-Every response of our own clients is counted: status codes, error ``type``
-and message (first 200 characters, deduplicated with counts), transport
-errors (connection refused / reset / closed, truncated bodies) and timeouts
-(a hang, by a per-request limit). The bench's own JSON gives its completed
-and failed counts; it counts a stream that breaks off after its first token
-as completed, so streams shorter than the fixed output length are counted
-apart (``completed_short``). A watch records the models' state changes and
-``/health``'s answers (a stalled event loop shows there first).
-
-Nothing here assumes a status code, and the server's process group is
-always stopped at the end. Every loop is bounded in time and count;
-``--deadline-s`` bounds the whole call, which stops before a run that would
-not fit and exits 3 ("NOT DONE"): calling it again resumes with the runs not
-yet in ``gpu-reliability-<gpu>-<date>.json``. The client is aiohttp (what
-``vllm bench serve`` itself uses), with a new connection per request so that
-a keep-alive race cannot pass for a server reset.
+Every answer of our clients is counted (status, error type and message,
+transport errors, timeouts); bench streams shorter than the output length
+are ``completed_short``. ``--deadline-s`` stops before a run that would not
+fit (exit 3); calling again resumes from ``gpu-reliability-<gpu>-<date>.json``.
+aiohttp with a new connection per request, so that a keep-alive race cannot
+pass for a server reset.
 """
 
 from __future__ import annotations
@@ -80,8 +61,7 @@ BENCH_WARMUPS = 2
 
 @dataclass
 class Settings:
-    """The tunables of a call (recorded in the results' metadata): the
-    GPU's values; ``SMOKE`` changes them for the CPU smoke run."""
+    """A call's tunables (in the results' metadata); ``SMOKE`` for the CPU."""
 
     base_shape: str = "qwen3-0.6b"
     num_prompts: int = 1000
@@ -98,9 +78,7 @@ class Settings:
     tail_s: float = 20
     bench_timeout: float = 300
     bench2_timeout: float = 90  # churn's 2nd bench: rel-a may wait behind others
-    # A client loop's requests in flight get this long to finish at its stop
-    # (a router's busy wait is 30 s); cut ones are counted as such.
-    stop_grace_s: float = 40
+    stop_grace_s: float = 40  # in-flight requests at a loop's stop (router waits 30 s)
     probes: int = 4
     probe_tokens: int = 2048
     kill_delay_s: float = 3.0
@@ -119,14 +97,11 @@ SMOKE |= {"kill_delay_s": 0.5, "cold_requests": 12, "recovery_budget_s": 40}
 SMOKE |= {"pool_budget_s": 60}
 SMOKE_ENGINE_ARGS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 256}
 
-# ----------------------------------------------------------------- counting
-
 
 @dataclass
 class Answer:
-    """One request's outcome: an HTTP status ("200", "503", ...; "200_short"
-    for a 200 without all its tokens) or a transport outcome ("timeout",
-    "reset", "disconnected", "refused", "truncated", "cancelled_at_stop")."""
+    """One request's outcome: an HTTP status ("200_short": without all its
+    tokens) or a transport outcome ("timeout", "reset", "refused", ...)."""
 
     outcome: str
     latency_s: float
@@ -146,9 +121,8 @@ class Answer:
 
 
 class Tally:
-    """Every answer of one client, by outcome; errors deduplicated by
-    (outcome, type, message's first 200 characters) with a count, and the
-    ``Retry-After`` of every 503."""
+    """One client's answers by outcome, errors deduplicated with a count,
+    and the ``Retry-After`` of every 503."""
 
     def __init__(self) -> None:
         self.outcomes: Counter = Counter()
@@ -196,8 +170,8 @@ def error_fields(text: str) -> tuple[str, str]:
 
 
 def transport_outcome(e: BaseException) -> str:
-    """A transport failure's name in the tallies. Order matters: aiohttp's
-    connector error is an OSError subclass, its timeouts TimeoutErrors."""
+    """A transport failure's name (order matters: aiohttp's errors subclass
+    OSError and TimeoutError)."""
     if isinstance(e, asyncio.TimeoutError | TimeoutError):
         return "timeout"
     kinds = {
@@ -218,9 +192,6 @@ def transport_answer(e: Exception, latency_s: float) -> Answer:
     return Answer(transport_outcome(e), latency_s, None, name, message)
 
 
-# --------------------------------------------------------------------- HTTP
-
-
 async def call(
     s: aiohttp.ClientSession,
     method: str,
@@ -230,9 +201,8 @@ async def call(
     timeout: float = 120.0,
     expect_tokens: int | None = None,
 ) -> Answer:
-    """One JSON request; never raises (but for cancellation): what went
-    wrong is the answer's outcome. ``expect_tokens``: a 200 is counted as
-    such only with that many completion tokens."""
+    """One JSON request; never raises (but for cancellation). With
+    ``expect_tokens``, a 200 counts only with that many completion tokens."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     start = time.monotonic()
     limit = aiohttp.ClientTimeout(total=timeout)
@@ -275,8 +245,8 @@ async def stream_probe(
     timeout: float,
     first_chunk: asyncio.Event,
 ) -> dict[str, Any]:
-    """One long streamed completion, kept in flight across a kill: how and
-    when (monotonic ``end_t``) it ended, and how many tokens it got."""
+    """A long streamed completion in flight across a kill: how and when
+    (monotonic ``end_t``) it ended, how many tokens it got."""
     out: dict[str, Any] = {"status": None, "tokens": 0, "outcome": None}
     start = time.monotonic()
     body = completion_body(model, max_tokens) | {"stream": True}
@@ -317,8 +287,7 @@ async def stream_probe(
 
 
 async def stop_tasks(tasks: list[asyncio.Task], grace_s: float) -> int:
-    """Gives ``tasks`` ``grace_s`` to end, then cancels the rest; how many
-    were cut."""
+    """Gives ``tasks`` ``grace_s`` to end, then cancels the rest (counted)."""
     if not tasks:
         return 0
     _, pending = await asyncio.wait(tasks, timeout=grace_s)
@@ -329,8 +298,7 @@ async def stop_tasks(tasks: list[asyncio.Task], grace_s: float) -> int:
 
 
 async def counted(tally: Tally, request: Awaitable[Answer]) -> Answer:
-    """An answer counted in ``tally``; a request cut by a loop's stop counts
-    as ``cancelled_at_stop``, with how long it had been in flight."""
+    """An answer counted in ``tally`` (``cancelled_at_stop`` if cut)."""
     start = time.monotonic()
     try:
         return tally.add(await request)
@@ -340,11 +308,8 @@ async def counted(tally: Tally, request: Awaitable[Answer]) -> Answer:
 
 
 class Loop:
-    """A client loop run as tasks until ``stop()``: ``step`` again and again
-    (at most ``max_steps`` in all), each step's requests counted by the step
-    itself. At the stop, requests still in flight get ``grace_s`` to finish,
-    then are cancelled; ``bugs`` counts the steps that raised (a bug of this
-    script, not an answer)."""
+    """``step`` run by ``concurrency`` tasks until ``stop()`` (at most
+    ``max_steps``); ``bugs`` counts steps that raised (our bugs, not answers)."""
 
     def __init__(
         self,
@@ -381,18 +346,14 @@ class Loop:
 
 
 def session() -> aiohttp.ClientSession:
-    """No connection limit (200 requests at once), a new connection per
-    request (no keep-alive race mistaken for a reset)."""
+    """No connection limit; a new connection per request (no keep-alive race)."""
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     return aiohttp.ClientSession(connector=connector)
 
 
-# ------------------------------------------------------------------- server
-
-
 class RelServer(Server):
-    """Our server, with async management calls; remembers every pooled pid
-    it saw, so that none is left running after the stop."""
+    """Our server with async calls; remembers every pooled pid it saw, so
+    that none is left running after the stop."""
 
     def __init__(self, cmd: list[str], token: str | None = None):
         super().__init__(cmd, token)
@@ -408,13 +369,9 @@ class RelServer(Server):
         return ready
 
     def stop(self, grace_s: float = 20) -> None:
-        """SIGTERM to the server process alone, as an operator's ``kill``
-        sends it (the server drains, unloads and stops its pool itself);
-        then whatever is left of its process group gets SIGTERM and SIGKILL,
-        and any pooled pid seen that still lives outside the group SIGKILL.
-
-        (SIGTERM to the whole group would also reach the pooled processes
-        directly, which the controller takes for deaths and respawns.)"""
+        """SIGTERM to the server alone, as an operator sends it (to the group,
+        it would reach pooled processes, taken for deaths); then SIGTERM and
+        SIGKILL to what is left of the group, SIGKILL to pooled pids left."""
         if self.proc is None:
             return
         self.dump_stacks_if_busy()
@@ -447,8 +404,7 @@ class RelServer(Server):
                 os.killpg(self.proc.pgid, signal.SIGUSR1)
 
     def dump_stacks_if_busy(self) -> None:
-        """Before the stop: a model still loading, parking or unloading when
-        the scenario is over may be a hang; its stacks show where it waits."""
+        """A model still busy at the stop may hang: dump where it waits."""
         try:
             listing = self.api("GET", "/v1/controller/models", timeout=10)
             busy = [
@@ -477,8 +433,7 @@ class RelServer(Server):
         return await call(s, "POST", url, body, timeout=timeout, expect_tokens=tokens)
 
     async def listing(self, s: aiohttp.ClientSession, what: str) -> list[dict] | None:
-        """``GET /v1/controller/<what>`` (models or workers), noting every
-        pooled pid in it; None if it failed."""
+        """``GET /v1/controller/<what>``, noting pooled pids; None if failed."""
         a = await self.admin(s, "GET", f"/v1/controller/{what}", timeout=30)
         if not (a.ok and isinstance(a.body, list)):
             return None
@@ -554,9 +509,8 @@ _FRAME_LINE = re.compile(r"^(\s|\^|Traceback|$)")
 
 
 def log_errors(path: Path, limit: int = 25) -> dict[str, Any]:
-    """The server log's ERROR lines, WARNING lines about dead, recycled or
-    respawned processes, and exception lines, deduplicated (timestamps and
-    pids stripped, traceback frames left out), most frequent first."""
+    """The server log's ERROR lines, WARNINGs about dead or respawned
+    processes and exception lines, deduplicated, most frequent first."""
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
@@ -589,9 +543,8 @@ def log_errors(path: Path, limit: int = 25) -> dict[str, Any]:
 
 
 class Watch:
-    """Probes of one server, once a second, while a run goes on: ``/health``
-    (a stalled event loop shows there first, as timeouts) and the models'
-    states (a timeline of changes)."""
+    """``/health`` (a stalled event loop shows there first) and the models'
+    state changes, once a second while a run goes on."""
 
     def __init__(self, server: RelServer, s: aiohttp.ClientSession, t0: float):
         self.server, self.s, self.t0 = server, s, t0
@@ -625,8 +578,7 @@ class Watch:
 
 @dataclass
 class BenchRun:
-    """One ``vllm bench serve`` process, waited for without blocking the
-    event loop; ``end_t`` is when it exited (monotonic, polled every 0.1 s)."""
+    """A ``vllm bench serve`` process; ``end_t``: when it exited (monotonic)."""
 
     proc: common.Proc
     result_path: Path
@@ -647,8 +599,8 @@ class BenchRun:
         return self.proc.popen.poll() is None
 
     async def wait(self, timeout: float, server: RelServer) -> None:
-        """Waits for its end; after ``timeout`` (a hang?) stops it, and every
-        server process logs its stacks."""
+        """Waits for its end; after ``timeout`` (a hang?) dumps the server's
+        stacks and stops it."""
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.watcher), timeout)
         if self.running():
@@ -661,8 +613,7 @@ class BenchRun:
         self.end_t = self.end_t or time.monotonic()
 
     def result(self) -> dict[str, Any]:
-        """The bench's counts and metrics (lists summarised: errors
-        deduplicated, streams shorter than the output length counted)."""
+        """The bench's counts and metrics, errors deduplicated."""
         out: dict[str, Any] = {
             "exit_code": self.proc.popen.returncode,
             "timed_out": self.timed_out,
@@ -695,9 +646,6 @@ class BenchRun:
             f"bench completed {r.get('completed')} failed {r.get('failed')} short "
             f"{r.get('completed_short')} in {r['wall_s']} s"
         )
-
-
-# ---------------------------------------------------------------- scenarios
 
 
 class Reliability:
@@ -733,34 +681,23 @@ class Reliability:
     def start_bench(
         self, url: str, tag: str, num_prompts: int, out_len: int
     ) -> BenchRun:
-        """Starts ``vllm bench serve`` to ``rel-a`` (fixed lengths, so that a
-        stream cut short shows as fewer output tokens), with its per-request
-        details."""
+        """``vllm bench serve`` to ``rel-a``, fixed lengths (a stream cut
+        short shows as fewer tokens), per-request details."""
         name = f"rel-{tag}-{time.strftime('%H%M%S')}.json"
         result = self.args.log_dir / "bench-results" / name
-        cmd = common.bench_serve_cmd(
-            url,
-            self.paths["rel-a"],
-            "rel-a",
-            result,
-            num_prompts=num_prompts,
-            input_len=self.s.input_len,
-            output_len=out_len,
-            range_ratio="0",
-            seed=self.s.seed,
-            concurrency=self.s.concurrency,
-            warmups=BENCH_WARMUPS,
-            detailed=True,
-        )
+        st = self.s
+        kw = dict(num_prompts=num_prompts, input_len=st.input_len, output_len=out_len)
+        kw |= dict(range_ratio="0", seed=st.seed, concurrency=st.concurrency)
+        kw |= dict(warmups=BENCH_WARMUPS, detailed=True)
+        cmd = common.bench_serve_cmd(url, self.paths["rel-a"], "rel-a", result, **kw)
         proc = common.launch(cmd, self.args.log_dir / f"rel-bench-{tag}.log")
         return BenchRun(proc, result, out_len)
 
     async def wait_streaming(
         self, server: RelServer, s: aiohttp.ClientSession, run: BenchRun
     ) -> float | None:
-        """Waits (at most 120 s) until the bench's timed part runs: vLLM's
-        own gauge shows more requests running than the warm-up sends.
-        Returns the last gauge value seen."""
+        """Waits (at most 120 s) until vLLM's gauge shows more requests
+        running than the bench's warm-up; the last value seen."""
         want = min(BENCH_WARMUPS + 1, self.s.concurrency)
         end = time.monotonic() + self.left_for(120)
         running = None
@@ -793,9 +730,8 @@ class Reliability:
         flags: list[str],
         body: Callable[[RelServer], Awaitable[None]],
     ) -> None:
-        """Starts a server, runs ``body`` against it, always stops it; what
-        failed is kept in ``record["error"]``; ``record["done"]`` only when
-        it ran to its end (a later call skips it then)."""
+        """Runs ``body`` against a new server, always stopped; ``done`` only
+        when it ran to its end (a later call skips it then)."""
         flags += ["--park-memory-gb", str(self.s.park_memory_gb)]
         if "gpu_memory_utilization" not in self.engine_args:
             flags += ["--gpu-memory-utilization", str(self.s.gpu_memory_utilization)]
@@ -851,8 +787,7 @@ class Reliability:
             t0 = time.monotonic()
             watch = Watch(server, s, t0)
             record["phases"] = {}
-            # One side loop for the whole run; each request is counted in
-            # the tally of the phase in which it was sent.
+            # Each side request is counted in the phase it was sent in.
             side: dict[str, Tally] = {}
             phase_now = "bench"
             rng = random.Random(0)
@@ -877,8 +812,7 @@ class Reliability:
             loops: dict[str, Loop] = {}
 
             def start_churn() -> None:
-                """The side clients and the management API, once the bench
-                streams (before, the churn would only race its start-up)."""
+                """Side clients and management calls, once the bench streams."""
                 if not loops:
                     loops["side"] = Loop(side_step, concurrency=st.side_concurrency)
                     loops["admin"] = Loop(admin_step, 1, 500, st.admin_period_s)
@@ -1074,9 +1008,8 @@ class Reliability:
         kill_t: float,
         attempts: int = 2000,
     ) -> dict[str, Any]:
-        """Requests ``model`` one after the other until one succeeds (an
-        automatic reload) or the budget or ``attempts`` end; then, if none
-        did, reloads it by hand so that the next phase has it."""
+        """Requests ``model`` until one succeeds (an automatic reload) or the
+        budget ends; if none did, reloads it by hand for the next phase."""
         tally = Tally()
         sent: list[dict[str, Any]] = []
         budget_end = time.monotonic() + self.left_for(self.s.recovery_budget_s)
@@ -1108,8 +1041,7 @@ class Reliability:
     async def pool_full(
         self, server: RelServer, s: aiohttp.ClientSession, killed: int, kill_t: float
     ) -> dict[str, Any]:
-        """Polls ``/v1/controller/workers`` until every slot holds a live
-        process (idle or leased, the killed pid gone), recording changes."""
+        """Polls the workers until every slot holds a live process again."""
         expected = 2 * self.s.kill_workers  # engine hosts default to workers
         end = time.monotonic() + self.left_for(self.s.pool_budget_s)
         while time.monotonic() < end:
@@ -1175,9 +1107,8 @@ class Reliability:
 
 
 def churn_ops(paths: dict[str, Path]) -> list[tuple[str, str, str, Any]]:
-    """The management API's cycle of operations under churn: load, park,
-    unpark and unload the side models, and try to park the busy one (a 409
-    is right while it has requests in flight)."""
+    """The management calls under churn: load, park, unpark, unload the side
+    models; park the busy one (a 409 is right while it serves)."""
     ops: list[tuple[str, str, str, Any]] = []
     for m in ("rel-b", "rel-c"):
         url = f"/v1/controller/models/{m}"

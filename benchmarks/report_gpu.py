@@ -1,20 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """Renders the GPU benchmarks' JSON into ``docs/benchmarks.md`` and a plot.
 
-Runs on the development machine, from the files that ``bench_startup.py``
-and ``bench_parity.py`` wrote on the GPU machine (no vLLM, no GPU needed).
-The published sections come from::
+No vLLM or GPU needed. The published sections come from::
 
     python benchmarks/report_gpu.py \\
         --startup benchmarks/results/startup-h200-2026-11-21.json \\
                   benchmarks/results/startup-h200-2026-11-21-qwen.json \\
         --parity benchmarks/results/parity-h200-2026-11-21.json
 
-Startup files are merged, later runs of a model's scenario replacing
-earlier ones. Each result goes between its own marker comments
-(``gpu-startup``, ``gpu-parity``) so that the rest of the page stays as it
-is. The phase plot (``docs/img/startup-phases-<gpu>.png``) is redrawn where
-matplotlib is installed, else left as it is.
+Startup files are merged (later runs of a scenario win). Each result goes
+between its marker comments (``gpu-startup``, ``gpu-parity``); the plot
+(``docs/img/startup-phases-<gpu>.png``) is redrawn where matplotlib is.
 """
 
 from __future__ import annotations
@@ -94,8 +90,7 @@ def draw_plot(records: list[dict[str, Any]], path: Path, title: str) -> bool:
 
 
 def error_summary(error: str) -> str:
-    """First line of an error (its kind) and the last line that names an
-    error (a log tail's cause)."""
+    """An error's first line and the last line naming an error (the cause)."""
     lines = [x.strip() for x in (error or "").strip().splitlines() if x.strip()]
     if not lines:
         return ""
@@ -127,8 +122,7 @@ def load_startup(paths: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]
 
 
 def record_notes(r: dict[str, Any]) -> list[str]:
-    """The lines under the table about one record: failures, compile-cache
-    hits, sleep/wake outputs."""
+    """Notes on one record: failures, compile-cache hits, sleep/wake outputs."""
     name, runs = f"{r['model']} {r['scenario']}", r.get("runs", [])
     failures: dict[str, int] = {}
     for f in r.get("failures", []):
@@ -264,9 +258,8 @@ RATIO_HEADER = " output throughput | TTFT p50 | ITL p50 | ITL p99 |"
 
 
 def parity_markdown(path: Path, data: dict[str, Any]) -> str:
-    """The parity section; the ratio table names the side only where there
-    are several besides stock (files from before ``--sides``: their ratios
-    are the controller's, at the top level)."""
+    """The parity section (files from before ``--sides``: the controller's
+    ratios at the top level)."""
     meta, s = data["metadata"], data["metadata"].get("settings", {})
     sides = s.get("sides", ["stock", "controller"])
     rows, ratio_rows = [], []

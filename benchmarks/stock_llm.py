@@ -1,17 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """Stock vLLM in a fresh process, as a user pays it: import, ``LLM(...)``,
-first output; then, with ``SLEEP_CYCLES`` > 0, stock's own answer to
-switching models (the anchor of parking): sleep mode, in one process,
-``llm.sleep(level=1)`` (weights to host RAM, KV cache dropped),
-``llm.wake_up()`` and the next greedy output, that many times.
+first output; then ``SLEEP_CYCLES`` times sleep(level=1) / wake_up() / output.
 
 Usage: ``stock_llm.py MODEL ENGINE_ARGS_JSON PROMPT MAX_TOKENS SLEEP_CYCLES``
-(PROMPT: text, or a JSON list of token ids). Prints ``STOCK_RESULT {json}``
-with wall-clock timestamps (``time.time()``, so that the parent measures
-from the moment it launched this process) and the output's token ids, then
-one ``SLEEP_WAKE {json}`` line per cycle as it goes (the parent keeps what
-it got if the process is cut short). Kept apart from ``gpu_common`` so that
-the import it times is vLLM's alone.
+(PROMPT: text or a JSON list of token ids). Prints ``STOCK_RESULT {json}``
+(wall-clock stamps: the parent measures from its launch) and a ``SLEEP_WAKE``
+line per cycle. Apart from ``gpu_common``, so that it imports vLLM alone.
 """
 
 import json

@@ -1,52 +1,50 @@
 #!/bin/bash
 # SPDX-License-Identifier: Apache-2.0
-# Driver of the GPU benchmarks: one STAGE per device command (each must end
-# within the 10-minute limit of one command), results accumulating on the
-# machine under $BENCH_DIR (default /tmp/bench) between commands.
+# Driver of the GPU benchmarks: one STAGE per device command (each within
+# the 10-minute limit), results accumulating under $BENCH_DIR (/tmp/bench).
 #
 # usage: bash benchmarks/gpu/run.sh STAGE [STAGE ...]
 #
-# Before the first stage, install the runtime (shared/gpu/README.md):
+# First install the runtime (shared/gpu/README.md):
 #   command 1: bash .gpurt/a/setup-runtime.sh a
 #   command 2: bash .gpurt/b/setup-runtime.sh b && bash benchmarks/gpu/run.sh check models
 #
-# Stages (wall time on one H200; measured 2026-11-21 / 12-02 unless "est."):
+# Stages (wall time on one H200, 2026-11-21 / 12-02; "est.": estimated):
 #   check          GPU, versions, disk, memory                          ~0.5 min
 #   models         random-weight models of $SHAPES (Qwen3-0.6B 1.2 GB,
-#                  Llama-3.1-8B 16 GB) with an offline tokenizer     ~1-2 min
+#                  Llama-3.1-8B 16 GB), offline tokenizer                ~1-2 min
 #   startup-qwen   bench_startup.py, Qwen3-0.6B shape, N=$RUNS, $SCENARIOS:
-#                  ~10-11 min, i.e. two calls (6.8 + 3 min)
+#                  ~10-11 min (two calls: 6.8 + 3 min)
 #   startup-llama  the same, Llama-3.1-8B shape: ~18-20 min (3 calls)
-#   parity         bench_parity.py, Qwen3-0.6B shape: `vllm bench serve`,
-#                  $PROMPTS prompts at $CONCURRENCY per side of $SIDES
+#   parity         bench_parity.py, Qwen3-0.6B: `vllm bench serve`, $PROMPTS
+#                  prompts at $CONCURRENCY per side of $SIDES
 #                  (stock, controller, swapped, fewgraphs)  ~2.5 min a side
-#   leak           gpu_lifecycle.py, $CYCLES (default 6) cycles of two small
-#                  models without sleep mode, with it, with it and eager ~6-8 min
-#   drift          gpu_lifecycle.py, 20 cycles with parking, stock tokens ~7.5 min
-#   unpark-kv      gpu_lifecycle.py, 2 park cycles with a 2, 8, 32 GiB KV cache ~3 min
-#   tp2            gpu_lifecycle.py, tensor_parallel_size 2 (needs 2 GPUs);
+#   leak           gpu_lifecycle.py, $CYCLES (6) cycles of two small models
+#                  without sleep mode, with it, with it and eager     ~6-8 min
+#   drift          gpu_lifecycle.py, 20 cycles parking, stock tokens  ~7.5 min
+#   unpark-kv      gpu_lifecycle.py, 2 park cycles, KV cache 2/8/32 GiB ~3 min
+#   tp2            gpu_lifecycle.py, tensor_parallel_size 2 (2 GPUs);
 #                  CYCLES=2 on a fresh 2 x H200 ~8 min
 #   rel-churn      gpu_reliability.py --scenario churn: two servers (max1,
-#                  fewworkers), ~3.5-5 min each (est.); called again, it resumes;
-#                  REL_ARGS="--churn-runs max1" runs one
+#                  fewworkers), ~3.5-5 min each (est.); called again, it
+#                  resumes; REL_ARGS="--churn-runs max1" runs one
 #   rel-kill       SIGKILL of rel-a's worker, then of its engine host, under
 #                  load                                      ~5-7 min (est.)
 #   rel-cold3      200 requests over three models not loaded yet; 3.9 min
-#                  (rel-*: the models stage's qwen3-0.6b only: SHAPES=qwen3-0.6b)
-#   smoke, rel-smoke  CPU development machine only: the startup and parity
-#                  benchmarks, then the reliability scenarios, on a tiny model
-# A stage that reaches its deadline ($DEADLINE_S, default 510 s) stops before
-# the next run, writes what it has and exits 3 ("NOT DONE"): call it again to
-# continue. Every stage copies the result JSONs into $OUT (what the device
-# tool returns) as it goes, plus $OUT/STAGE.log and $OUT/logs-STAGE.tgz.
+#                  (rel-*: the qwen3-0.6b model only: SHAPES=qwen3-0.6b)
+#   smoke, rel-smoke  CPU development machine only: startup and parity, then
+#                  the reliability scenarios, on a tiny model
+# A stage reaching its deadline ($DEADLINE_S, 510 s) writes what it has and
+# exits 3 ("NOT DONE"): call it again to continue. Every stage copies its
+# result JSONs into $OUT (what the device tool returns), plus $OUT/STAGE.log
+# and $OUT/logs-STAGE.tgz.
 #
-# Environment: BENCH_DIR, CONCURRENCY (parity, default 1,32), CYCLES,
-# DEADLINE_S, RUNS (default 3), PARK_GB (the controller's --park-memory-gb,
-# default 48: its own default, half of MemTotal, can read low on a machine
-# whose memory grows on use), PYTHON (default python3), PROMPTS (parity,
-# default 200), SCENARIOS (startup stages, comma-separated; default all),
-# SHAPES (models stage; default qwen3-0.6b,llama-3.1-8b), SIDES (parity,
-# default stock,controller), REL_ARGS (more gpu_reliability.py flags).
+# Environment (defaults): BENCH_DIR, CONCURRENCY (1,32), CYCLES, DEADLINE_S,
+# RUNS (3), PARK_GB (the controller's --park-memory-gb, 48: its own default,
+# half of MemTotal, can read low where memory grows on use), PYTHON
+# (python3), PROMPTS (200), SCENARIOS (startup, comma-separated; all),
+# SHAPES (qwen3-0.6b,llama-3.1-8b), SIDES (stock,controller), REL_ARGS (more
+# gpu_reliability.py flags).
 set -uo pipefail
 [ $# -ge 1 ] || { awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' "$0"; exit 2; }
 
@@ -57,7 +55,7 @@ DEADLINE_S="${DEADLINE_S:-510}"
 PY="${PYTHON:-python3}"
 mkdir -p "$BENCH/models" "$BENCH/results" "$BENCH/logs" "$OUT"
 
-# The compact vLLM runtime (shared/gpu/README.md) and our subpackage in it.
+# The compact vLLM runtime (shared/gpu/README.md), our subpackage in it.
 if [ -d /opt/rt/site/vllm ]; then
     case ":${PYTHONPATH:-}:" in *:/opt/rt/site:*) ;; *) export PYTHONPATH="/opt/rt/site${PYTHONPATH:+:$PYTHONPATH}" ;; esac
     ln -sfn "$ROOT/vllm/worker_controller" /opt/rt/site/vllm/worker_controller
@@ -65,21 +63,20 @@ fi
 export VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 cd "$ROOT" || exit 1
 
-# One date for every stage on this machine: a stage resumes its results
-# file by name, also when it is called again after midnight.
+# One date for every stage: a stage resumes its results file by name.
 [ -s "$BENCH/date" ] || date -u +%F > "$BENCH/date"
 DATE="$(cat "$BENCH/date")"
 
-# A Python stage, stopped by SIGTERM (it then stops its servers and writes
-# its results) if it overruns its own deadline by a minute.
+# A Python stage; SIGTERM (it stops its servers, writes its results) a
+# minute after its own deadline.
 bench() {
     timeout -k 30 "$((DEADLINE_S + 60))" "$PY" "$@" --deadline-s "$DEADLINE_S" \
         --models-dir "$BENCH/models" --results-dir "$BENCH/results" \
         --log-dir "$BENCH/logs" --mirror-dir "$OUT" --date "$DATE"
 }
 
-# gpu_lifecycle.py as variant NAME (the results file's name) with ARGS;
-# without --with-stock it skips the stock reference tokens.
+# gpu_lifecycle.py as variant NAME (in the file name) with ARGS; stock
+# reference tokens only with --with-stock.
 lifecycle() {
     local name="$1" stock=(--no-stock) gpu
     shift
