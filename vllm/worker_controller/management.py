@@ -119,12 +119,6 @@ def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
     return error_response(status, message, _KIND.get(status, "ControllerError"), param)
 
 
-def _controller_error(e: WorkerControllerError) -> JSONResponse:
-    status = next((_STATUS[c] for c in type(e).__mro__ if c in _STATUS), 500)
-    retry_after = e.retry_after_s if isinstance(e, ModelUnavailableError) else None
-    return error_response(status, str(e), _KIND[status], retry_after_s=retry_after)
-
-
 def _usage(model: dict[str, Any], workers: list[dict[str, Any]]) -> dict[str, Any]:
     """Where a model runs and what it holds there: its workers' devices and
     their memory above their boot baselines (device memory on GPU, RSS on
@@ -153,6 +147,17 @@ def build_management_app(router: ModelRouter, admin_token: str) -> ASGIApp:
         )
         return _error(400, f"Invalid request: {problems}")
 
+    @app.exception_handler(WorkerControllerError)
+    async def controller_error(request: Request, exc: WorkerControllerError):
+        # Every route's own failures (most specific class wins in _STATUS).
+        status = next((_STATUS[c] for c in type(exc).__mro__ if c in _STATUS), 500)
+        retry_after = (
+            exc.retry_after_s if isinstance(exc, ModelUnavailableError) else None
+        )
+        return error_response(
+            status, str(exc), _KIND[status], retry_after_s=retry_after
+        )
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         # Unknown route (404) or method (405, with its Allow header):
@@ -176,43 +181,28 @@ def build_management_app(router: ModelRouter, admin_token: str) -> ASGIApp:
         model = entry.model if entry else request.model
         engine_args = {**(entry.engine_args if entry else {}), **request.engine_args}
         name = request.name or request.model.rstrip("/").rsplit("/", 1)[-1]
-        try:
-            # Before anything is evicted for it.
-            check_engine_args(
-                request.engine_args, entry.allow_engine_args if entry else frozenset()
-            )
-            return JSONResponse(await router.add(name, model, engine_args))
-        except WorkerControllerError as e:
-            return _controller_error(e)
+        # Before anything is evicted for it.
+        check_engine_args(
+            request.engine_args, entry.allow_engine_args if entry else frozenset()
+        )
+        return JSONResponse(await router.add(name, model, engine_args))
 
     @app.delete("/v1/controller/models/{name}")
     async def unload(name: str) -> JSONResponse:
-        try:
-            await router.remove(name)
-        except WorkerControllerError as e:
-            return _controller_error(e)
+        await router.remove(name)
         return JSONResponse({"name": name, "unloaded": True})
 
     @app.post("/v1/controller/models/{name}/park")
     async def park(name: str, free_memory: bool = False) -> JSONResponse:
-        try:
-            return JSONResponse(await router.park(name, keep_memory=not free_memory))
-        except WorkerControllerError as e:
-            return _controller_error(e)
+        return JSONResponse(await router.park(name, keep_memory=not free_memory))
 
     @app.post("/v1/controller/models/{name}/unpark")
     async def unpark(name: str) -> JSONResponse:
-        try:
-            return JSONResponse(await router.unpark(name))
-        except WorkerControllerError as e:
-            return _controller_error(e)
+        return JSONResponse(await router.unpark(name))
 
     @app.post("/v1/controller/models/{name}/scale")
     async def scale(name: str, request: ScaleRequest) -> JSONResponse:
-        try:
-            return JSONResponse(await router.scaler.scale(name, request.replicas))
-        except WorkerControllerError as e:
-            return _controller_error(e)
+        return JSONResponse(await router.scaler.scale(name, request.replicas))
 
     @app.post("/v1/controller/adapters")
     async def add_adapter(request: AdapterRequest) -> JSONResponse:
@@ -221,19 +211,11 @@ def build_management_app(router: ModelRouter, admin_token: str) -> ASGIApp:
                 403, f"{request.path!r} is not under --allowed-model-dir", "path"
             )
         path = str(Path(request.path).resolve())  # what was checked
-        try:
-            return JSONResponse(
-                await router.add_adapter(request.name, request.base, path)
-            )
-        except WorkerControllerError as e:
-            return _controller_error(e)
+        return JSONResponse(await router.add_adapter(request.name, request.base, path))
 
     @app.delete("/v1/controller/adapters/{name}")
     async def remove_adapter(name: str) -> JSONResponse:
-        try:
-            return JSONResponse(await router.remove_adapter(name))
-        except WorkerControllerError as e:
-            return _controller_error(e)
+        return JSONResponse(await router.remove_adapter(name))
 
     @app.get("/v1/controller/adapters")
     async def adapters() -> JSONResponse:
@@ -246,17 +228,14 @@ def build_management_app(router: ModelRouter, admin_token: str) -> ASGIApp:
         # A broadcast's source listens where this request came in: the
         # target reached that address already.
         bind_host = socket.gethostbyname(request.url.hostname or "127.0.0.1")
-        try:
-            descriptor = await asyncio.to_thread(
-                controller.export_weights,
-                name,
-                body.rank,
-                body.transport,
-                body.host,
-                bind_host,
-            )
-        except WorkerControllerError as e:
-            return _controller_error(e)
+        descriptor = await asyncio.to_thread(
+            controller.export_weights,
+            name,
+            body.rank,
+            body.transport,
+            body.host,
+            bind_host,
+        )
         return JSONResponse(descriptor)
 
     @app.get("/v1/controller/models")
