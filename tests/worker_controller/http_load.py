@@ -102,6 +102,21 @@ async def completion(
     return out
 
 
+def greedy_tokens(
+    url: str, model: str, max_tokens: int = 8, timeout: float = 120.0
+) -> list[int]:
+    """The token ids of one greedy, non-streamed completion of PROMPT from
+    the server at ``url``; any other answer fails the test."""
+
+    async def one() -> Outcome:
+        async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
+            return await completion(client, model, False, max_tokens, timeout)
+
+    out = asyncio.run(one())
+    assert out.status == 200, f"{out.label}: {out.error_message}"
+    return out.token_ids
+
+
 def _read_body(out: Outcome, raw: bytes) -> None:
     try:
         payload = json.loads(raw)

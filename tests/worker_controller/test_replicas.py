@@ -15,7 +15,12 @@ import time
 import httpx
 import pytest
 
-from tests.worker_controller.http_load import PROMPT, completion, summary
+from tests.worker_controller.http_load import (
+    PROMPT,
+    completion,
+    greedy_tokens,
+    summary,
+)
 from tests.worker_controller.models import hf_greedy
 from tests.worker_controller.test_serve import start_server
 
@@ -163,20 +168,7 @@ def test_scale_down_and_up(server, tiny_models):
     (loaded,) = up["loaded"]
     assert loaded["weights_load"]["source"] == "peer", loaded
     assert len(up["replicas"]) == 2
-    r = httpx.post(
-        f"{url}/v1/completions",
-        json={
-            "model": "qwen3",
-            "prompt": PROMPT,
-            "max_tokens": 8,
-            "temperature": 0,
-            "ignore_eos": True,
-            "return_token_ids": True,
-        },
-        timeout=120,
-    )
-    assert r.status_code == 200, r.text
-    tokens = r.json()["choices"][0]["token_ids"]
+    tokens = greedy_tokens(url, "qwen3")
     assert tokens == hf_greedy(tiny_models["qwen3"], PROMPT, 8)
 
 

@@ -11,19 +11,28 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.worker_controller.http_load import PROMPT, completion, summary
+from tests.worker_controller.http_load import (
+    PROMPT,
+    Outcome,
+    completion,
+    greedy_tokens,
+    summary,
+)
 from tests.worker_controller.models import SEED, build_model, hf_greedy
 from tests.worker_controller.test_serve import start_server
 
 ADMIN = "admin-faults"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -139,19 +148,8 @@ def test_disconnect_mid_stream_leaves_model_serving(server, tiny_models):
         with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
             assert r.status_code == 200
             next(r.iter_lines())  # one event, then hang up
-    out = httpx.post(
-        f"{url}/v1/completions",
-        json={
-            "model": "qwen3",
-            "prompt": PROMPT,
-            "max_tokens": 8,
-            "temperature": 0,
-            "ignore_eos": True,
-            "return_token_ids": True,
-        },
-        timeout=60,
-    ).json()
-    assert out["choices"][0]["token_ids"] == hf_greedy(tiny_models["qwen3"], PROMPT, 8)
+    tokens = greedy_tokens(url, "qwen3", timeout=60)
+    assert tokens == hf_greedy(tiny_models["qwen3"], PROMPT, 8)
 
 
 async def kill_under_load(url: str, victim_pid: int) -> dict:
@@ -298,27 +296,40 @@ def test_management_load_replaces_failed_model(server, tiny_models):
     assert pid not in models(url)["qwen3"]["worker_pids"]
 
 
+def _streams_then(
+    url: str, max_tokens: int, act: Callable[[httpx.AsyncClient], Awaitable[T]]
+) -> tuple[list[Outcome], T]:
+    """Three streams of qwen3-b; once one has sent its first chunk,
+    ``act``. Returns how the streams ended and what ``act`` returned."""
+
+    async def run() -> tuple[list[Outcome], T]:
+        async with httpx.AsyncClient(base_url=url, timeout=None) as client:
+            first = asyncio.Event()
+            tasks = [
+                asyncio.create_task(
+                    completion(
+                        client, "qwen3-b", True, max_tokens, on_first_chunk=first
+                    )
+                )
+                for _ in range(3)
+            ]
+            await asyncio.wait_for(first.wait(), 60)
+            acted = await act(client)
+            return await asyncio.wait_for(asyncio.gather(*tasks), 60), acted
+
+    return asyncio.run(run())
+
+
 def test_unload_ends_streams_with_error_event(server):
     """A management unload with streams in flight: each ends with an error
     event and [DONE], none is cut; the next request loads the model again."""
     _, url = server
 
-    async def streams_then_unload() -> tuple[list, int]:
-        async with httpx.AsyncClient(base_url=url, timeout=None) as client:
-            first = asyncio.Event()
-            tasks = [
-                asyncio.create_task(
-                    completion(client, "qwen3-b", True, 230, on_first_chunk=first)
-                )
-                for _ in range(3)
-            ]
-            await asyncio.wait_for(first.wait(), 60)
-            r = await client.delete(
-                "/v1/controller/models/qwen3-b", headers=ADMIN_HEADERS
-            )
-            return await asyncio.wait_for(asyncio.gather(*tasks), 60), r.status_code
+    async def unload(client: httpx.AsyncClient) -> int:
+        r = await client.delete("/v1/controller/models/qwen3-b", headers=ADMIN_HEADERS)
+        return r.status_code
 
-    outcomes, status = asyncio.run(streams_then_unload())
+    outcomes, status = _streams_then(url, 230, unload)
     assert status == 200
     for o in outcomes:
         assert o.transport_error is None and o.status == 200, o
@@ -336,20 +347,10 @@ def test_sigterm_with_streams_in_flight(server):
     proc, url = server
     children = psutil.Process(proc.pid).children(recursive=True)
 
-    async def streams_then_sigterm() -> list:
-        async with httpx.AsyncClient(base_url=url, timeout=None) as client:
-            first = asyncio.Event()
-            tasks = [
-                asyncio.create_task(
-                    completion(client, "qwen3-b", True, 60, on_first_chunk=first)
-                )
-                for _ in range(3)
-            ]
-            await asyncio.wait_for(first.wait(), 60)
-            os.kill(proc.pid, signal.SIGTERM)
-            return await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    async def sigterm(client: httpx.AsyncClient) -> None:
+        os.kill(proc.pid, signal.SIGTERM)
 
-    outcomes = asyncio.run(streams_then_sigterm())
+    outcomes, _ = _streams_then(url, 60, sigterm)
     for o in outcomes:
         assert o.transport_error is None and o.status == 200, o
         assert o.stream_done, o  # drained, or an error event then [DONE]
