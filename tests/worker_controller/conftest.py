@@ -39,6 +39,11 @@ TINY_ARGS: dict[str, Any] = dict(
 POOL_WORKERS = 2
 
 
+def cpushm_files() -> set[str]:
+    """The files of vLLM-CPU's shared-memory all-reduce (TP >= 2)."""
+    return {p.name for p in Path("/dev/shm").glob("*-cpushm_*")}
+
+
 class LoopThread:
     """One event loop for the session: an AsyncLLM binds to the loop that
     first uses it, and the controller's API is synchronous."""

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.worker_controller.conftest import TINY_ARGS
+from tests.worker_controller.conftest import TINY_ARGS, cpushm_files
 from tests.worker_controller.models import hf_greedy
 from vllm import SamplingParams
 
@@ -86,3 +86,27 @@ def test_worker_killed_while_serving(controller, tiny_models, greedy, loop):
     assert controller.pool.wait_until_idle(timeout=120)
     assert victim_pid not in {w["pid"] for w in controller.list_workers()}
     assert survivor.worker_pids[0] in {w["pid"] for w in controller.list_workers()}
+
+
+def test_tensor_parallel_engine_loses_every_rank(controller, tiny_models):
+    """Both ranks of a TP=2 engine killed: the model fails, both are
+    replaced, and its group leaves nothing in /dev/shm (on CPU its ranks,
+    dead, cannot remove their all-reduce files; the pool does)."""
+    files_before = cpushm_files()
+    loaded = controller.load(
+        str(tiny_models["llama"]), "tp2", **TINY_ARGS, tensor_parallel_size=2
+    )
+    assert cpushm_files() > files_before
+    for pid in loaded.worker_pids:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while set(loaded.worker_pids) & {w["pid"] for w in controller.list_workers()}:
+        assert time.monotonic() < deadline, "deaths not noticed"
+        time.sleep(0.2)
+    assert controller.pool.wait_until_refilled(timeout=120)
+    while controller.list_models()[0]["state"] != "failed":
+        assert time.monotonic() < deadline, controller.list_models()
+        time.sleep(0.2)
+    assert cpushm_files() == files_before
+    controller.unload("tp2")
+    assert controller.pool.wait_until_idle(timeout=120)

@@ -18,6 +18,7 @@ from tests.worker_controller.conftest import (
     TINY_ARGS,
     agreedy,
     child_pids,
+    cpushm_files,
     pool_pids,
 )
 from tests.worker_controller.models import hf_greedy
@@ -123,10 +124,6 @@ def process_footprint(pid: int) -> dict[str, int]:
         "tcp": len(proc.net_connections(kind="tcp")),
         "cpushm_maps": sum("-cpushm_" in m.path for m in proc.memory_maps(False)),
     }
-
-
-def cpushm_files() -> set[str]:
-    return {p.name for p in Path("/dev/shm").glob("*-cpushm_*")}
 
 
 def test_tensor_parallel_regrouping(controller, tiny_models, greedy, loop):

@@ -5,7 +5,9 @@ tokens; bad scale requests change nothing; scale to 1 and back to 2 (the
 new replica copies its weights from the other); a replica's worker
 SIGKILLed under load (replica 1, then replica 0): its requests end with
 503s or error events, the other replica keeps answering 200, and a
-replacement loads from it."""
+replacement loads from it; the autoscaler adds a replica under load and
+removes it once idle; a replica above its model's min is the first to be
+evicted."""
 
 import asyncio
 import os
@@ -225,6 +227,28 @@ def test_killed_replica(server, tiny_models, index):
     assert found[index]["weights_load"]["source"] == "peer", found[index]
 
 
+def scale_up_by_load(url: str, name: str) -> dict[int, dict]:
+    """Sends waves of requests to ``name`` until the autoscaler has given it
+    a second replica (from a peer); every request answered 200."""
+
+    async def waves() -> tuple[list, dict]:
+        async with httpx.AsyncClient(base_url=url, timeout=None) as client:
+            outcomes: list = []
+            deadline = time.monotonic() + 240
+            while True:
+                wave = [completion(client, name, False, 200) for _ in range(8)]
+                outcomes += await asyncio.gather(*wave)
+                found = replicas(url, name=name)
+                if len(found) == 2 and found[1]["state"] == "ready":
+                    return outcomes, found
+                assert time.monotonic() < deadline, found
+
+    outcomes, found = asyncio.run(waves())
+    assert all(o.status == 200 for o in outcomes), summary(outcomes)
+    assert found[1]["weights_load"]["source"] == "peer", found[1]
+    return found
+
+
 def test_autoscale_up_and_down(server):
     """With qwen3 unloaded (its replicas go with it), ``auto`` (1..2)
     gets a second replica while its queue stays long, from a peer, and
@@ -233,23 +257,28 @@ def test_autoscale_up_and_down(server):
     r = httpx.delete(f"{url}/v1/controller/models/qwen3", headers=ADMIN_HEADERS)
     assert r.status_code == 200, r.text
     assert "qwen3" not in listing(url)
-
-    async def load_until_scaled() -> tuple[list, dict]:
-        async with httpx.AsyncClient(base_url=url, timeout=None) as client:
-            outcomes: list = []
-            deadline = time.monotonic() + 240
-            while True:
-                wave = [completion(client, "auto", False, 200) for _ in range(8)]
-                outcomes += await asyncio.gather(*wave)
-                found = replicas(url, name="auto")
-                if len(found) == 2 and found[1]["state"] == "ready":
-                    return outcomes, found
-                assert time.monotonic() < deadline, found
-
-    outcomes, found = asyncio.run(load_until_scaled())
-    assert all(o.status == 200 for o in outcomes), summary(outcomes)
-    assert found[1]["weights_load"]["source"] == "peer", found[1]
+    scale_up_by_load(url, "auto")
     deadline = time.monotonic() + 120
     while len(replicas(url, name="auto")) != 1:  # idle: back to min
         assert time.monotonic() < deadline, replicas(url, name="auto")
         time.sleep(0.5)
+
+
+def test_replica_above_min_is_evicted(server, tiny_models):
+    """Both workers hold ``auto``'s two replicas; a request for qwen3 takes
+    the engine of the replica above ``auto``'s min (1), not ``auto`` itself
+    (the same shape: a swap), and no replica of qwen3 evicts anything to
+    reach its own min (2).
+
+    (Every request also marks its model used, so with two workers LRU alone
+    would pick the same victim; ``Placement.evict_first`` decides only when
+    another model has been idle longer, which needs a third worker.)"""
+    _, url = server
+    scale_up_by_load(url, "auto")
+    tokens = greedy_tokens(url, "qwen3")
+    assert tokens == hf_greedy(tiny_models["qwen3"], PROMPT, 8)
+    time.sleep(3)  # a few autoscaler periods
+    assert listing(url)["qwen3"]["brought_up"] == "swap"
+    left = replicas(url, name="auto")
+    assert list(left) == [0] and left[0]["state"] == "ready", left
+    assert list(replicas(url)) == [0]

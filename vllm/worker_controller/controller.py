@@ -570,10 +570,14 @@ class WorkerController:
             handle = host.channel.call(
                 "prepare", timeout=self.settings.boot_timeout_s, world_size=world_size
             )
+            port = get_open_port()
+            if not swap:  # a swap keeps the group of the engine it reuses
+                for w in record.workers:
+                    w.dist_ident = str(port)
             replies = self.proxy.load_workers(
                 record.workers,
                 config,
-                get_distributed_init_method(get_loopback_ip(), get_open_port()),
+                get_distributed_init_method(get_loopback_ip(), port),
                 handle,
                 swap,
                 self._kv_budgets.get(budget_key),

@@ -351,13 +351,14 @@ class Placement:
         return claimed(per_model.values())
 
     def _swap_victim(self, name: str, engine_key: str | None) -> str | None:
-        """The least recently used idle model of this engine shape."""
+        """The least recently used idle model of this engine shape (an extra
+        replica before any other)."""
         candidates = [
-            (self.idle_s(n), n)
+            (self.evict_first(n), self.idle_s(n), n)
             for n in self.controller.swappable(engine_key)
             if n != name and not self._pins[n] and not self.settling(n)
         ]
-        return max(candidates)[1] if candidates else None
+        return max(candidates)[-1] if candidates else None
 
     def _victim(self, shortage: _Shortage, exclude: str) -> str | None:
         """The least recently used model that may make this room (an

@@ -23,6 +23,7 @@ from typing import Any
 
 from vllm.logger import init_logger
 from vllm.platforms import current_platform
+from vllm.worker_controller.compat.cpu_shm import unlink_group_files
 from vllm.worker_controller.compat.message_queues import unlink_queue_memory
 from vllm.worker_controller.config import ControllerSettings
 from vllm.worker_controller.engine.core import run_engine_host
@@ -67,6 +68,9 @@ class PooledProcess:
     queues: list[Any] = field(default_factory=list)
     """Handles of the shared-memory queues it created for its last lease:
     removed for it if it dies (its own teardown removes them otherwise)."""
+    dist_ident: str | None = None
+    """A worker's process group while leased (the port of its init method):
+    on CPU, its all-reduce files are removed for it if it dies."""
 
     @property
     def pid(self) -> int:
@@ -181,6 +185,7 @@ class ProcessPool:
                 p.model = None
                 p.serving = None
                 p.loading = None
+                p.dist_ident = None  # released by the process itself
                 if p.state == ProcessState.LEASED:
                     p.state = ProcessState.IDLE
             self._cond.notify_all()
@@ -287,6 +292,8 @@ class ProcessPool:
         removed = sum(unlink_queue_memory(h) for h in p.queues)
         if removed:
             logger.info("Removed %d shared-memory queue(s) of %s", removed, p.name)
+        if p.dist_ident and (removed := unlink_group_files(p.dist_ident)):
+            logger.info("Removed %d all-reduce file(s) of %s", removed, p.name)
         self._on_lost_callback(p)
         threading.Thread(
             target=self._respawn, args=(p,), name=f"WCRespawn-{p.name}", daemon=True

