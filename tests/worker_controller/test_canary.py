@@ -266,6 +266,11 @@ ASSUMPTIONS: dict[str, Callable[[], Any]] = {
         )
         == "1234-tp:0-[0-1]-cpushm"
     ),
+    "vLLM-CPU's worker sets VLLM_DIST_IDENT to its init method's port "
+    "(pool.py removes a dead worker's files by it)": lambda: mentions(
+        __import__("vllm.v1.worker.cpu_worker", fromlist=["x"]).CPUWorker.init_device,
+        'os.environ["VLLM_DIST_IDENT"] = self.distributed_init_method.split(":")[-1]',
+    ),
     # the OpenAI server (compat/serving.py, router.py)
     "build_app(args, supported_tasks, model_config) and init_app_state("
     "engine_client, state, args, supported_tasks)": lambda: (
