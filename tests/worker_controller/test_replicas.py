@@ -1,13 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Replicas on one real server (2 workers, catalog ``replicas: {min: 2,
+"""Replicas on one real server (3 workers, catalog ``replicas: {min: 2,
 max: 2}``), in this order: requests spread over both replicas with HF's
 tokens; bad scale requests change nothing; scale to 1 and back to 2 (the
 new replica copies its weights from the other); a replica's worker
 SIGKILLed under load (replica 1, then replica 0): its requests end with
 503s or error events, the other replica keeps answering 200, and a
 replacement loads from it; the autoscaler adds a replica under load and
-removes it once idle; a replica above its model's min is the first to be
-evicted."""
+removes it once idle; a replica above its model's min is evicted before
+a model that has been idle longer."""
 
 import asyncio
 import os
@@ -38,9 +38,11 @@ def server(tiny_models, tmp_path_factory):
         "    replicas: {min: 2, max: 2}\n"
         f"  auto:\n    model: {tiny_models['qwen3']}\n"
         "    replicas: {min: 1, max: 2}\n"
+        f"  llama:\n    model: {tiny_models['llama']}\n"
+        f"  opt:\n    model: {tiny_models['opt']}\n"
     )
     proc, url = start_server(
-        "--num-workers=2",
+        "--num-workers=3",
         f"--model-catalog={catalog}",
         f"--admin-token={ADMIN}",
         # The autoscaler, quick enough for a test.
@@ -111,7 +113,7 @@ def test_requests_spread_over_replicas(server, tiny_models):
     assert sum(served.values()) == 8 and min(served.values()) >= 2, served
     # One model for clients; per-replica counts on /metrics.
     ids = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
-    assert ids == ["qwen3", "auto"], ids
+    assert ids == ["qwen3", "auto", "llama", "opt"], ids
     metrics = httpx.get(f"{url}/metrics").text
     assert 'vllm_wc_requests_total{model="qwen3",replica="1"}' in metrics
     r = httpx.post(
@@ -126,7 +128,7 @@ def test_requests_spread_over_replicas(server, tiny_models):
     [
         ("qwen3", {"replicas": 0}, 400),
         ("qwen3", {"replicas": -1}, 400),
-        ("qwen3", {"replicas": 3}, 400),  # more than the pool's workers
+        ("qwen3", {"replicas": 4}, 400),  # more than the pool's workers
         ("qwen3", {"replicas": "two"}, 400),
         ("qwen3", {"count": 2}, 400),
         ("nope", {"replicas": 1}, 404),
@@ -264,21 +266,16 @@ def test_autoscale_up_and_down(server):
         time.sleep(0.5)
 
 
-def test_replica_above_min_is_evicted(server, tiny_models):
-    """Both workers hold ``auto``'s two replicas; a request for qwen3 takes
-    the engine of the replica above ``auto``'s min (1), not ``auto`` itself
-    (the same shape: a swap), and no replica of qwen3 evicts anything to
-    reach its own min (2).
-
-    (Every request also marks its model used, so with two workers LRU alone
-    would pick the same victim; ``Placement.evict_first`` decides only when
-    another model has been idle longer, which needs a third worker.)"""
+def test_replica_above_min_is_evicted_first(server, tiny_models):
+    """The three workers hold ``llama`` (idle the longest) and ``auto``'s
+    two replicas; a request for ``opt`` (another shape: nothing to swap
+    into) evicts the replica above ``auto``'s min (1), not the least
+    recently used model."""
     _, url = server
+    assert greedy_tokens(url, "llama") == hf_greedy(tiny_models["llama"], PROMPT, 8)
     scale_up_by_load(url, "auto")
-    tokens = greedy_tokens(url, "qwen3")
-    assert tokens == hf_greedy(tiny_models["qwen3"], PROMPT, 8)
-    time.sleep(3)  # a few autoscaler periods
-    assert listing(url)["qwen3"]["brought_up"] == "swap"
+    assert greedy_tokens(url, "opt") == hf_greedy(tiny_models["opt"], PROMPT, 8)
+    models = listing(url)
+    assert models["llama"]["state"] == models["opt"]["state"] == "ready", models
     left = replicas(url, name="auto")
     assert list(left) == [0] and left[0]["state"] == "ready", left
-    assert list(replicas(url)) == [0]

@@ -145,6 +145,13 @@ class ReplicaScaler:
         self.idle_s = idle_s
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
+    def changing(self, name: str) -> asyncio.Lock:
+        """Held while ``name``'s replicas change: by the scaler, and by the
+        router while the model leaves (unload, eviction, keep-alive), so
+        that the scaler does not re-add a replica the model is losing, or
+        reload the model from one."""
+        return self._locks[name]
+
     # ----------------------------------------------------------- reading
 
     def indices(self, name: str) -> list[int]:

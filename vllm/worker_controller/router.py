@@ -486,10 +486,31 @@ class ModelRouter:
         """Unloads ``name`` (and, ``with_replicas``, its other replicas);
         its in-flight requests end with an error (an SSE error event where
         the response has started)."""
-        if with_replicas and not is_replica(name):
+        if with_replicas:
+            await self._leave(name, why)
+        else:
+            await self._unload(name, why)
+
+    async def _leave(
+        self, name: str, why: str, park: bool = False, keep_memory: bool = False
+    ) -> None:
+        """Unloads ``name``, or parks it where ``park`` and allowed; a model
+        takes its other replicas along, holding ``scaler.changing(name)``
+        so that the scaler neither re-adds a replica it is losing nor
+        reloads it from one."""
+        if is_replica(name):
+            await self._unload(name, why)
+            return
+        async with self.scaler.changing(name):
             for index in self.scaler.indices(name)[1:]:
                 with contextlib.suppress(ModelNotFoundError):
-                    await self.remove(f"{name}#{index}", why)
+                    await self._unload(f"{name}#{index}", why)
+            if park and self.controller.can_park(name):
+                await self.park(name, keep_memory=keep_memory)
+            else:
+                await self._unload(name, why)
+
+    async def _unload(self, name: str, why: str) -> None:
         if self._served.pop(name, None) is not None:
             self.end_requests(name, f"The model `{name}` {why}")
         async with self.placement.devices_exclusive(self._devices(name)):
@@ -514,19 +535,7 @@ class ModelRouter:
         """Parks an idle model if that is enough and allowed, else unloads
         (a replica: unloads; a model's other replicas go first)."""
         self.metrics.evictions.inc()
-        await self._drop_replicas(name)
-        if not unload and self.controller.can_park(name) and not is_replica(name):
-            await self.park(name)
-        else:
-            await self.remove(name, "was unloaded to make room")
-
-    async def _drop_replicas(self, name: str) -> None:
-        """A model that leaves takes its extra replicas along."""
-        if is_replica(name):
-            return
-        for index in self.scaler.indices(name)[1:]:
-            with contextlib.suppress(ModelNotFoundError):
-                await self.remove(f"{name}#{index}", "was unloaded with its model")
+        await self._leave(name, "was unloaded to make room", park=not unload)
 
     def _devices(self, name: str) -> list[int | None]:
         try:
@@ -537,11 +546,9 @@ class ModelRouter:
     async def _expire(self, name: str, unload: bool) -> None:
         """Keep-alive's eviction: parks keeping the device memory (freed
         only if placement needs it), else unloads."""
-        await self._drop_replicas(name)
-        if not unload and self.controller.can_park(name) and not is_replica(name):
-            await self.park(name, keep_memory=True)
-        else:
-            await self.remove(name, "was unloaded after its keep-alive")
+        await self._leave(
+            name, "was unloaded after its keep-alive", park=not unload, keep_memory=True
+        )
 
     async def park(self, name: str, keep_memory: bool = False) -> dict:
         """Parks ``name``; ``keep_memory``: its device memory stays mapped
