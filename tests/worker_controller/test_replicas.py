@@ -6,8 +6,8 @@ new replica copies its weights from the other); a replica's worker
 SIGKILLed under load (replica 1, then replica 0): its requests end with
 503s or error events, the other replica keeps answering 200, and a
 replacement loads from it; the autoscaler adds a replica under load and
-removes it once idle; a replica above its model's min is evicted before
-a model that has been idle longer."""
+removes it once idle; a replica above its model's min is evicted, or
+swapped into, before a model that has been idle longer."""
 
 import asyncio
 import os
@@ -40,6 +40,7 @@ def server(tiny_models, tmp_path_factory):
         "    replicas: {min: 1, max: 2}\n"
         f"  llama:\n    model: {tiny_models['llama']}\n"
         f"  opt:\n    model: {tiny_models['opt']}\n"
+        f"  solo:\n    model: {tiny_models['qwen3']}\n"
     )
     proc, url = start_server(
         "--num-workers=3",
@@ -113,7 +114,7 @@ def test_requests_spread_over_replicas(server, tiny_models):
     assert sum(served.values()) == 8 and min(served.values()) >= 2, served
     # One model for clients; per-replica counts on /metrics.
     ids = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
-    assert ids == ["qwen3", "auto", "llama", "opt"], ids
+    assert ids == ["qwen3", "auto", "llama", "opt", "solo"], ids
     metrics = httpx.get(f"{url}/metrics").text
     assert 'vllm_wc_requests_total{model="qwen3",replica="1"}' in metrics
     r = httpx.post(
@@ -279,3 +280,25 @@ def test_replica_above_min_is_evicted_first(server, tiny_models):
     assert models["llama"]["state"] == models["opt"]["state"] == "ready", models
     left = replicas(url, name="auto")
     assert list(left) == [0] and left[0]["state"] == "ready", left
+
+
+def test_replica_above_min_is_swapped_into_first(server, tiny_models):
+    """``solo`` (``auto``'s shape, idle the longest) and ``auto``'s two
+    replicas hold the three workers; a request for qwen3 (the same shape)
+    is swapped into the engine of the replica above ``auto``'s min, not
+    into ``solo``'s, and qwen3 (min 2) evicts nothing to reach its min."""
+    _, url = server
+    for name in ("llama", "opt"):
+        r = httpx.delete(
+            f"{url}/v1/controller/models/{name}", headers=ADMIN_HEADERS, timeout=120
+        )
+        assert r.status_code == 200, r.text
+    expected = hf_greedy(tiny_models["qwen3"], PROMPT, 8)
+    assert greedy_tokens(url, "solo") == expected
+    scale_up_by_load(url, "auto")
+    assert greedy_tokens(url, "qwen3") == expected
+    time.sleep(3)  # a few autoscaler periods
+    models = listing(url)
+    assert models["solo"]["state"] == models["qwen3"]["state"] == "ready", models
+    assert list(replicas(url, name="auto")) == [0]
+    assert list(replicas(url)) == [0]
