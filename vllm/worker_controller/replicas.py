@@ -247,7 +247,7 @@ class ReplicaScaler:
             )
         self.book.bounds[name] = Bounds(count, count)
         loaded = []
-        async with self._locks[name]:
+        async with self.changing(name):
             with router.placement.pin(name):
                 await router._ensure_ready(name)
                 while len(live := self._live(name)) < count:
@@ -290,7 +290,7 @@ class ReplicaScaler:
                 if index:
                     names.add(base)
             for name in names:
-                lock = self._locks[name]
+                lock = self.changing(name)
                 if lock.locked():
                     continue
                 try:

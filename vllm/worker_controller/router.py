@@ -75,6 +75,7 @@ from vllm.worker_controller.replicas import (
     ReplicaBook,
     ReplicaScaler,
     is_replica,
+    replica_name,
     split,
 )
 from vllm.worker_controller.request_body import (
@@ -504,7 +505,7 @@ class ModelRouter:
         async with self.scaler.changing(name):
             for index in self.scaler.indices(name)[1:]:
                 with contextlib.suppress(ModelNotFoundError):
-                    await self._unload(f"{name}#{index}", why)
+                    await self._unload(replica_name(name, index), why)
             if park and self.controller.can_park(name):
                 await self.park(name, keep_memory=keep_memory)
             else:
